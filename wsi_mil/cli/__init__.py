@@ -1,0 +1,1 @@
+"""`wsi-mil` command line: one Hydra app per subcommand."""

@@ -1,0 +1,1 @@
+"""The only subpackage that knows file formats and folder naming."""

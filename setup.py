@@ -16,7 +16,7 @@ setup(
     ),
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["wsi_mil", "wsi_mil.*"]),
     package_data={"wsi_mil": ["conf/*.yaml", "conf/**/*.yaml"]},

@@ -13,6 +13,7 @@ from typing import Any
 
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from wsi_mil.errors import WsiMilError
 from wsi_mil.io.atomic import write_text_atomic
@@ -34,7 +35,9 @@ def configure_logging(log_file: str | Path | None = None, level: str = "INFO") -
     except ValueError:
         pass
     fmt = "<green>{time:HH:mm:ss}</green> | <level>{level: <7}</level> | {message}"
-    _SINKS.append(logger.add(sys.stderr, level=level.upper(), format=fmt))
+    # Through tqdm.write so log lines and progress bars do not interleave.
+    _SINKS.append(logger.add(lambda msg: tqdm.write(msg, end="", file=sys.stderr),
+                             level=level.upper(), format=fmt, colorize=sys.stderr.isatty()))
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         _SINKS.append(

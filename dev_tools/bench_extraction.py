@@ -1,0 +1,113 @@
+"""End-to-end extraction tiles/s against reader-only and encoder-only, in the same run.
+
+Usage: python dev_tools/bench_extraction.py [--cache-dir DIR] [--n-tiles 384]
+                                            [--batch-size 32] [--num-workers 1]
+
+Encoder: timm ``vit_small_patch16_224`` at random init (saved once as a local
+safetensors file and loaded through ``create_encoder("timm:...", weights=...)``)
+on CPU. Tiles: the first ``--n-tiles`` tissue tiles (raster order) at 20x / 224 px
+of the 40,000 x 30,000 synthetic 40x slide of ``bench_reader.py`` (same cache).
+
+- reader-only: the extraction DataLoader (same workers, batches) drained without encoding;
+- encoder-only: preprocess + forward on tiles already in memory;
+- end-to-end: ``run_extraction`` (planning, reading, encoding, writing the h5).
+Prints tiles/s and end-to-end / min(reader, encoder) (target >= 0.9).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wsi_mil.encoders import create_encoder
+from wsi_mil.encoders.tile_stream import make_tile_loader, make_work_items
+from wsi_mil.io.coords import write_coords
+
+TILE = 224
+
+
+def _bench_reader_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_reader", Path(__file__).with_name("bench_reader.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def vit_weights(cache: Path) -> Path:
+    path = cache / "vit_small_patch16_224_random.safetensors"
+    if not path.exists():
+        import timm
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache-dir", default="/tmp/wsi_mil_bench_extract")
+    ap.add_argument("--n-tiles", type=int, default=384)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    br = _bench_reader_module()
+    slide = br.make_slide(cache, 40000, 30000, "auto")
+    coords = br.tissue_coords(slide)[: args.n_tiles]
+    n = len(coords)
+    encoder = create_encoder("timm:vit_small_patch16_224", weights=str(vit_weights(cache)),
+                             device="cpu", precision="fp32")
+    print(f"{n} tiles of {slide.name}; encoder {encoder!r}; batch {args.batch_size}, "
+          f"{args.num_workers} reader worker(s), torch threads {torch.get_num_threads()}")
+
+    items = make_work_items([(0, slide, coords, TILE)])
+    t0 = time.perf_counter()
+    tiles = []
+    for batch in make_tile_loader(items, args.batch_size, args.num_workers):
+        tiles.append(batch["tiles"])
+    reader_tps = n / (time.perf_counter() - t0)
+    tiles = torch.cat(tiles)  # (N, T, T, 3) uint8
+
+    with torch.inference_mode():
+        encoder(encoder.preprocess(tiles[:2]))  # warm-up
+        t0 = time.perf_counter()
+        for start in range(0, n, args.batch_size):
+            encoder(encoder.preprocess(tiles[start:start + args.batch_size]))
+        encoder_tps = n / (time.perf_counter() - t0)
+
+    from wsi_mil.pipeline.extract_stage import run_extraction
+
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        tiling = Path(tmp) / "mpp0.50_px224"
+        write_coords(tiling / "coords" / "bench.h5", coords, coords[:, 1:] * TILE * 2,
+                     {"tile_size": TILE, "target_mpp": 0.5, "slide_mpp": 0.25,
+                      "dz_level": int(coords[0, 0])})
+        table = pd.DataFrame({"slide_id": ["bench"], "path": [str(slide)], "mpp": [np.nan]})
+        t0 = time.perf_counter()
+        result = run_extraction(table, tiling, Path(tmp) / "features", encoder=encoder,
+                                batch_size=args.batch_size, num_workers=args.num_workers,
+                                device="cpu")
+        e2e_tps = n / (time.perf_counter() - t0)
+        assert result.counts["done"] == 1, result
+    slower = min(reader_tps, encoder_tps)
+    print(f"reader-only {reader_tps:8.1f} tiles/s | encoder-only {encoder_tps:8.1f} tiles/s | "
+          f"end-to-end {e2e_tps:8.1f} tiles/s | end-to-end / slower = {e2e_tps / slower:4.2f} "
+          f"(target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Few-shot sampling and the few-shot table (text-initialised head beside random init)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsi_mil.errors import ConfigError
+from wsi_mil.evaluation.few_shot import run_few_shot, sample_k_shot
+from wsi_mil.testing.synthetic_tiles import make_synthetic_tiles
+
+FAST_PROBE = {"cv": 2, "cs": (0.01, 1.0)}
+FAST_HEAD = {"epochs": 20}
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    return make_synthetic_tiles(n_per_class=40, n_classes=3, dim=24, signal=2.0, text_noise=0.8, seed=2)
+
+
+def split(tiles):
+    train, test = tiles.split == "train", tiles.split == "test"
+    return (tiles.features[train], tiles.labels[train], tiles.tile_ids[train],
+            tiles.features[test], tiles.labels[test], tiles.tile_ids[test])
+
+
+def test_k_shot_support_has_k_tiles_per_class_and_is_seeded():
+    labels = np.repeat([0, 1, 2], [30, 12, 3])
+    idx = sample_k_shot(labels, 4, seed=7)
+    assert np.bincount(labels[idx]).tolist() == [4, 4, 3]  # a class with < k gives all it has
+    assert np.array_equal(idx, sample_k_shot(labels, 4, seed=7))
+    assert not np.array_equal(idx, sample_k_shot(labels, 4, seed=8))
+    assert set(sample_k_shot(labels, 2, seed=7)) <= set(idx)  # nested across k for one seed
+    with pytest.raises(ConfigError, match="k must be"):
+        sample_k_shot(labels, 0, seed=0)
+
+
+def test_support_never_contains_a_test_tile(tiles):
+    trx, try_, trid, tex, tey, teid = split(tiles)
+    result = run_few_shot(trx, try_, tex, tey, ks=(1, 4), seeds=(0, 1), methods=("logreg",),
+                          train_ids=trid, test_ids=teid, probe_kwargs=FAST_PROBE)
+    for (k, _seed), idx in result.supports.items():
+        support_ids = set(trid[idx])
+        assert support_ids <= set(trid) and not support_ids & set(teid)
+        assert np.bincount(try_[idx]).tolist() == [k] * 3
+    assert set(result.per_seed["n_support"]) == {3, 12}
+
+
+def test_a_tile_in_both_train_and_test_is_rejected(tiles):
+    trx, try_, trid, tex, tey, teid = split(tiles)
+    teid = teid.copy()
+    teid[0] = trid[5]
+    with pytest.raises(ConfigError, match="both train and test"):
+        run_few_shot(trx, try_, tex, tey, ks=(1,), seeds=(0,), train_ids=trid, test_ids=teid)
+
+
+def test_same_seeds_reproduce_the_few_shot_results(tiles):
+    trx, try_, _, tex, tey, _ = split(tiles)
+    kw = dict(ks=(2,), seeds=(0, 1), methods=("logreg", "random_init", "text_init"),
+              prototypes=tiles.text_prototypes, head_kwargs=FAST_HEAD, probe_kwargs=FAST_PROBE)
+    a = run_few_shot(trx, try_, tex, tey, **kw)
+    b = run_few_shot(trx, try_, tex, tey, **kw)
+    pd.testing.assert_frame_equal(a.per_seed, b.per_seed)
+
+
+def test_text_initialised_head_is_reported_beside_random_init(tiles):
+    trx, try_, _, tex, tey, _ = split(tiles)
+    result = run_few_shot(trx, try_, tex, tey, ks=(1, 4, 16), seeds=(0, 1, 2),
+                          methods=("random_init", "text_init", "zero_shot"),
+                          class_names=tiles.class_names, prototypes=tiles.text_prototypes,
+                          head_kwargs=FAST_HEAD)
+    table = result.table("balanced_accuracy")
+    assert table["k"].tolist() == [0, 1, 4, 16]
+    assert {"random_init_mean", "random_init_sd", "text_init_mean", "text_init_sd",
+            "zero_shot_mean"} <= set(table.columns)
+    shots = table.set_index("k").loc[[1, 4, 16]]
+    assert shots[["random_init_mean", "text_init_mean"]].notna().all().all()
+    assert (shots["text_init_sd"] >= 0).all()
+    # The planted text prior helps when labels are scarce.
+    assert shots.loc[1, "text_init_mean"] > shots.loc[1, "random_init_mean"]
+    summary = result.summary
+    assert set(summary.columns) == {"method", "k", "class", "metric", "mean", "sd", "n_seeds"}
+    assert (summary[summary.method != "zero_shot"]["n_seeds"] == 3).all()
+
+
+def test_text_methods_need_prototypes(tiles):
+    trx, try_, _, tex, tey, _ = split(tiles)
+    with pytest.raises(ConfigError, match="prototypes"):
+        run_few_shot(trx, try_, tex, tey, ks=(1,), seeds=(0,), methods=("text_init",))
+    with pytest.raises(ConfigError, match="valid"):
+        run_few_shot(trx, try_, tex, tey, ks=(1,), seeds=(0,), methods=("knn",))

@@ -1,0 +1,179 @@
+"""Patient-level fold plans for (nested) cross-validation, saved as JSON.
+
+A plan has ``n_repeats`` repeats; each repeat splits the cohort into
+``n_outer`` outer folds with :class:`~sklearn.model_selection.StratifiedGroupKFold`
+(groups = patients, or centers with ``group_by="center"``; strata = label for
+classification, event for survival); inside the *outer-train part only* of each
+outer fold, ``n_inner`` inner folds are drawn the same way (``n_inner=0``:
+plain K-fold). Every split has its own seed derived from ``seed`` with
+:class:`numpy.random.SeedSequence`, so repeats differ and the same seed always
+gives the same plan.
+
+JSON stores slide ids (readable, robust to row order): for each repeat and
+outer fold the test slides, and for each inner fold the validation slides;
+train parts are the complements.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from wsi_mil.data.cohort import Cohort
+from wsi_mil.errors import FoldPlanError
+from wsi_mil.io.atomic import write_json_atomic
+
+GROUP_BY = ("patient", "center")
+PLAN_VERSION = 1
+
+
+@dataclass
+class OuterFold:
+    """Indices into the cohort rows: outer train / test, and inner (train, val) pairs."""
+
+    train: np.ndarray
+    test: np.ndarray
+    inner: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
+class FoldPlan:
+    slide_ids: list[str]
+    n_outer: int
+    n_inner: int
+    n_repeats: int
+    seed: int
+    group_by: str
+    repeats: list[list[OuterFold]]
+
+    def __repr__(self) -> str:
+        return (f"FoldPlan(slides={len(self.slide_ids)}, outer={self.n_outer}, inner={self.n_inner}, "
+                f"repeats={self.n_repeats}, seed={self.seed}, group_by={self.group_by!r})")
+
+    def to_dict(self) -> dict:
+        ids = np.asarray(self.slide_ids)
+        return {
+            "version": PLAN_VERSION, "n_outer": self.n_outer, "n_inner": self.n_inner,
+            "n_repeats": self.n_repeats, "seed": self.seed, "group_by": self.group_by,
+            "slide_ids": list(self.slide_ids),
+            "repeats": [
+                [{"test": ids[f.test].tolist(), "inner_val": [ids[v].tolist() for _, v in f.inner]}
+                 for f in folds]
+                for folds in self.repeats
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FoldPlan:
+        try:
+            slide_ids = list(d["slide_ids"])
+            pos = {s: i for i, s in enumerate(slide_ids)}
+            all_idx = np.arange(len(slide_ids))
+            repeats = []
+            for folds in d["repeats"]:
+                out = []
+                for f in folds:
+                    test = np.sort([pos[s] for s in f["test"]])
+                    train = np.setdiff1d(all_idx, test)
+                    inner = []
+                    for val_ids in f["inner_val"]:
+                        val = np.sort([pos[s] for s in val_ids])
+                        inner.append((np.setdiff1d(train, val), val))
+                    out.append(OuterFold(train, test, inner))
+                repeats.append(out)
+            return cls(slide_ids, int(d["n_outer"]), int(d["n_inner"]), int(d["n_repeats"]),
+                       int(d["seed"]), str(d["group_by"]), repeats)
+        except (KeyError, TypeError) as err:
+            raise FoldPlanError(f"malformed fold plan: missing or bad field {err}") from err
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FoldPlan:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise FoldPlanError(f"cannot read fold plan {str(path)!r}: {err}") from err
+
+    def validate(self, cohort: Cohort) -> None:
+        """Raise :class:`FoldPlanError` unless the plan fits ``cohort`` and never leaks a group."""
+        if list(self.slide_ids) != cohort.slide_ids:
+            theirs, ours = set(self.slide_ids), set(cohort.slide_ids)
+            raise FoldPlanError(
+                "fold plan does not match the cohort: "
+                f"{len(ours - theirs)} cohort slides not in the plan (e.g. {sorted(ours - theirs)[:5]}), "
+                f"{len(theirs - ours)} plan slides not in the cohort (e.g. {sorted(theirs - ours)[:5]})"
+                + ("; same slides, different order" if ours == theirs else "")
+            )
+        groups = _groups(cohort, self.group_by)
+        n = len(cohort)
+        for r, folds in enumerate(self.repeats):
+            tested = np.concatenate([f.test for f in folds])
+            if np.sort(tested).tolist() != list(range(n)):
+                raise FoldPlanError(f"repeat {r}: slides are not each tested exactly once")
+            for k, f in enumerate(folds):
+                _check_disjoint(groups, f.train, f.test, f"repeat {r} outer fold {k}")
+                for j, (tr, va) in enumerate(f.inner):
+                    if not np.isin(np.concatenate([tr, va]), f.train).all():
+                        raise FoldPlanError(f"repeat {r} outer fold {k} inner {j}: uses outer-test slides")
+                    _check_disjoint(groups, tr, va, f"repeat {r} outer fold {k} inner fold {j}")
+
+
+def _check_disjoint(groups: np.ndarray, a: np.ndarray, b: np.ndarray, where: str) -> None:
+    shared = np.intersect1d(groups[a], groups[b])
+    if shared.size:
+        raise FoldPlanError(f"{where}: groups on both sides: {shared[:10].tolist()}")
+
+
+def _groups(cohort: Cohort, group_by: str) -> np.ndarray:
+    if group_by not in GROUP_BY:
+        raise FoldPlanError(f"group_by {group_by!r}; choose one of {GROUP_BY}")
+    if group_by == "center":
+        if cohort.centers is None:
+            raise FoldPlanError("group_by='center' needs a center_id column in the cohort")
+        return cohort.centers
+    return cohort.patient_ids
+
+
+def _split(strata: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, where: str
+           ) -> list[tuple[np.ndarray, np.ndarray]]:
+    n_groups = np.unique(groups).size
+    if n_splits < 2 or n_groups < n_splits:
+        raise FoldPlanError(f"{where}: cannot make {n_splits} folds from {n_groups} groups (need 2 <= folds <= groups)")
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" warnings
+        splits = list(cv.split(np.zeros(len(strata)), strata, groups))
+    if any(len(test) == 0 for _, test in splits):
+        raise FoldPlanError(f"{where}: an empty fold; use fewer folds")
+    return splits
+
+
+def _seed(*keys: int) -> int:
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] % (2**31 - 1))
+
+
+def make_fold_plan(cohort: Cohort, n_outer: int = 5, n_inner: int = 5, n_repeats: int = 1,
+                   seed: int = 0, group_by: str = "patient") -> FoldPlan:
+    """Draw a plan for ``cohort`` (``n_inner=0``: no inner folds, plain K-fold)."""
+    if n_repeats < 1:
+        raise FoldPlanError(f"n_repeats={n_repeats}; need >= 1")
+    groups = _groups(cohort, group_by)
+    strata = cohort.strata()
+    repeats = []
+    for r in range(n_repeats):
+        folds = []
+        for k, (train, test) in enumerate(_split(strata, groups, n_outer, _seed(seed, r), f"repeat {r}")):
+            inner = []
+            if n_inner:
+                for tr, va in _split(strata[train], groups[train], n_inner, _seed(seed, r, k + 1),
+                                     f"repeat {r} outer fold {k}"):
+                    inner.append((train[tr], train[va]))
+            folds.append(OuterFold(np.sort(train), np.sort(test), inner))
+        repeats.append(folds)
+    return FoldPlan(cohort.slide_ids, n_outer, n_inner, n_repeats, seed, group_by, repeats)

@@ -1,0 +1,217 @@
+"""The encoder interface every family implements.
+
+An :class:`Encoder` is a frozen ``torch.nn.Module`` that carries everything the
+extraction loop needs, so the loop never special-cases a model::
+
+    images = encoder.preprocess(tiles_uint8)   # (B, H, W, 3) or (B, 3, H, W) uint8
+    features = encoder(images)                 # (B, encoder.embed_dim) float32
+
+Precision: ``"fp32" | "fp16" | "bf16"``. Weights stay in fp32; ``forward``
+runs the model under ``torch.autocast`` on CUDA for fp16/bf16, on CPU only for
+bf16 (fp16 on CPU falls back to fp32). The returned features are always fp32.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from loguru import logger
+from torch import nn
+
+from wsi_mil.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+RESIZE_RULES = ("resize", "center_crop", "none")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 tiles become the model input.
+
+    ``resize``: ``"resize"`` scales the tile to ``input_size`` (square),
+    ``"center_crop"`` scales the short side to ``input_size`` then crops the
+    centre, ``"none"`` leaves the size as is (the model must accept it).
+    After resizing, pixels are scaled to [0, 1] and normalised with mean/std.
+    """
+
+    input_size: int = 224
+    resize: str = "resize"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_RULES:
+            raise ConfigError(f"resize {self.resize!r} is not one of {RESIZE_RULES}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}"
+            )
+        if self.input_size <= 0:
+            raise ConfigError(f"input_size must be > 0, got {self.input_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {PRECISIONS}")
+    return precision
+
+
+def to_channels_first(tiles: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) or (B, 3, H, W) (or one tile without B) -> (B, 3, H, W) tensor."""
+    if isinstance(tiles, np.ndarray):
+        tiles = torch.from_numpy(np.ascontiguousarray(tiles))
+    if tiles.ndim == 3:
+        tiles = tiles.unsqueeze(0)
+    if tiles.ndim != 4:
+        raise ConfigError(f"tiles must be (B, H, W, 3) or (B, 3, H, W), got shape {tuple(tiles.shape)}")
+    if tiles.shape[-1] == 3 and tiles.shape[1] != 3:
+        tiles = tiles.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
+    if tiles.shape[1] != 3:
+        raise ConfigError(f"tiles must have 3 colour channels, got shape {tuple(tiles.shape)}")
+    return tiles
+
+
+def preprocess_tiles(tiles: torch.Tensor | np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """uint8 (or [0, 1] float) tiles -> normalised float32 (B, 3, S, S) on the tiles' device."""
+    x = to_channels_first(tiles)  # (B, 3, H, W)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    size = prep.input_size
+    height, width = x.shape[-2:]
+    if prep.resize != "none" and (height != size or width != size):
+        mode = prep.interpolation
+        antialias = mode in ("bilinear", "bicubic")
+        align = False if mode in ("bilinear", "bicubic") else None
+        if prep.resize == "resize":
+            x = F.interpolate(x, size=(size, size), mode=mode, align_corners=align,
+                              antialias=antialias)  # (B, 3, S, S)
+        else:  # center_crop: short side to S, then the central S x S
+            scale = size / min(height, width)
+            new_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
+            if new_hw != (height, width):
+                x = F.interpolate(x, size=new_hw, mode=mode, align_corners=align,
+                                  antialias=antialias)
+            top = (x.shape[-2] - size) // 2
+            left = (x.shape[-1] - size) // 2
+            x = x[..., top:top + size, left:left + size]  # (B, 3, S, S)
+        if mode == "bicubic":
+            x = x.clamp_(0.0, 1.0)  # bicubic overshoots
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+class Encoder(nn.Module):
+    """A frozen tile encoder; subclasses implement :meth:`embed`.
+
+    Attributes set by the factories: ``name``, ``embed_dim``, ``preprocessing``,
+    ``precision`` (``default_precision``: the model card's recommendation),
+    ``pooling`` (which tokens form the embedding), ``license`` (a note, not legal
+    advice), ``hub_id`` (default weights), ``weights_sha256`` and
+    ``weights_source`` (what was actually loaded).
+    """
+
+    has_text: bool = False
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        embed_dim: int,
+        preprocessing: Preprocessing,
+        pooling: str,
+        license: str,
+        hub_id: str | None = None,
+        precision: str = "fp32",
+        weights_sha256: str | None = None,
+        weights_source: str | None = None,
+        default_precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.embed_dim = int(embed_dim)
+        self.preprocessing = preprocessing
+        self.pooling = pooling
+        self.license = license
+        self.hub_id = hub_id
+        self.precision = check_precision(precision)
+        self.default_precision = check_precision(default_precision)
+        self.weights_sha256 = weights_sha256
+        self.weights_source = weights_source
+
+    # -- the two calls of the extraction loop ---------------------------------
+    def preprocess(self, tiles: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (B, H, W, 3) or (B, 3, H, W) -> normalised float32 (B, 3, S, S)."""
+        return preprocess_tiles(tiles, self.preprocessing)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, S, S) -> (B, embed_dim) float32."""
+        with self.autocast(images.device):
+            out = self.embed(images)  # (B, D)
+        return out.float()
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(P,) prompts -> (P, D_joint) text embeddings (CLIP-style encoders only)."""
+        raise NotImplementedError(f"encoder {self.name!r} has no text tower")
+
+    # -- helpers ---------------------------------------------------------------
+    def autocast(self, device: torch.device | str):
+        """The autocast context for ``self.precision`` on ``device`` (or a no-op)."""
+        device_type = torch.device(device).type
+        if self.precision == "fp32":
+            return nullcontext()
+        if device_type == "cpu" and self.precision == "fp16":
+            return nullcontext()  # fp16 on CPU is slow and inexact: run fp32
+        if device_type not in ("cuda", "cpu"):
+            return nullcontext()
+        return torch.autocast(device_type=device_type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+    def describe(self) -> dict[str, Any]:
+        """Plain values to store next to features (h5 attrs, logs)."""
+        return {
+            "encoder": self.name,
+            "embed_dim": self.embed_dim,
+            "pooling": self.pooling,
+            "precision": self.precision,
+            "weights_sha256": self.weights_sha256 or "",
+            "weights_source": self.weights_source or "",
+            "hub_id": self.hub_id or "",
+            "license": self.license,
+            **{k: v for k, v in self.preprocessing.to_dict().items()},
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, embed_dim={self.embed_dim}, "
+            f"pooling={self.pooling!r}, precision={self.precision!r}, "
+            f"input_size={self.preprocessing.input_size}, "
+            f"weights_sha256={(self.weights_sha256 or '')[:12]!r})"
+        )
+
+
+def finalize(encoder: Encoder, device: str | torch.device = "cpu") -> Encoder:
+    """Freeze, switch to eval mode and move to ``device``."""
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    encoder.to(device)
+    if torch.device(device).type == "cpu" and encoder.precision == "fp16":
+        logger.warning("encoder {}: fp16 requested on CPU, running fp32", encoder.name)
+    return encoder

@@ -1,0 +1,109 @@
+"""Read the tile features of one slide from any supported layout.
+
+Formats (``source``):
+
+- ``"wsi_mil"``: this package's ``<dir>/<slide_id>.h5`` with dataset
+  ``features`` (N, D) and root attribute ``wsi_mil_version``;
+- ``"reference"``: the reference layout ``<dir>/<slide_id>/features.npy``
+  (N, 3 + D) whose first 3 columns are (dz_level, col, row) and are dropped;
+- ``"trident"``: TRIDENT / CLAM ``<dir>/<slide_id>.h5`` with datasets
+  ``features`` (N, D) or (1, N, D) and ``coords``, no ``wsi_mil_version``.
+
+``"auto"`` looks at the folder once (:func:`detect_feature_source`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from wsi_mil.errors import FileFormatError
+
+SOURCES = ("wsi_mil", "reference", "trident")
+_REF_META_COLS = 3
+
+
+def detect_feature_source(features_dir: str | Path) -> str:
+    """Guess the layout of ``features_dir`` from its first feature file."""
+    root = Path(features_dir)
+    if not root.is_dir():
+        raise FileFormatError(f"features_dir {str(root)!r} is not a folder")
+    h5 = sorted(p for p in root.glob("*.h5") if not p.name.startswith("."))
+    if h5:
+        with h5py.File(h5[0], "r") as f:
+            if "features" not in f:
+                raise FileFormatError(f"{h5[0]} has no 'features' dataset; datasets: {list(f)}")
+            return "wsi_mil" if "wsi_mil_version" in f.attrs else "trident"
+    if next(root.glob("*/features.npy"), None) is not None:
+        return "reference"
+    raise FileFormatError(
+        f"no feature file in {str(root)!r}: expected <slide_id>.h5 (wsi_mil / TRIDENT / CLAM) "
+        "or <slide_id>/features.npy (reference layout)"
+    )
+
+
+def resolve_source(features_dir: str | Path, source: str = "auto") -> str:
+    if source == "auto":
+        return detect_feature_source(features_dir)
+    if source not in SOURCES:
+        raise FileFormatError(f"feature_source {source!r}; choose 'auto' or one of {SOURCES}")
+    return source
+
+
+def feature_file(features_dir: str | Path, slide_id: str, source: str) -> Path:
+    root = Path(features_dir)
+    if source == "reference":
+        return root / slide_id / "features.npy"
+    return root / f"{slide_id}.h5"
+
+
+def list_feature_slides(features_dir: str | Path, source: str) -> set[str]:
+    """Slide ids having a feature file in ``features_dir``."""
+    root = Path(features_dir)
+    if source == "reference":
+        return {p.parent.name for p in root.glob("*/features.npy")}
+    return {p.stem for p in root.glob("*.h5") if not p.name.startswith(".")}
+
+
+def _h5_features(f: h5py.File, path: Path) -> h5py.Dataset:
+    if "features" not in f:
+        raise FileFormatError(f"{path} has no 'features' dataset; datasets: {list(f)}")
+    ds = f["features"]
+    if ds.ndim == 3 and ds.shape[0] == 1:
+        return ds
+    if ds.ndim != 2:
+        raise FileFormatError(f"{path}: 'features' has shape {ds.shape}; expected (N, D) or (1, N, D)")
+    return ds
+
+
+def feature_shape(features_dir: str | Path, slide_id: str, source: str) -> tuple[int, int]:
+    """(N tiles, D) without reading the features."""
+    path = feature_file(features_dir, slide_id, source)
+    if source == "reference":
+        arr = np.load(path, mmap_mode="r")
+        if arr.ndim != 2 or arr.shape[1] <= _REF_META_COLS:
+            raise FileFormatError(f"{path}: shape {arr.shape}; expected (N, 3 + D)")
+        return int(arr.shape[0]), int(arr.shape[1] - _REF_META_COLS)
+    with h5py.File(path, "r") as f:
+        shape = _h5_features(f, path).shape
+    return (int(shape[-2]), int(shape[-1]))
+
+
+def read_slide_features(
+    features_dir: str | Path, slide_id: str, source: str = "auto"
+) -> np.ndarray:
+    """Features (N, D) of one slide, in the file's dtype."""
+    source = resolve_source(features_dir, source)
+    path = feature_file(features_dir, slide_id, source)
+    if not path.is_file():
+        raise FileFormatError(f"no {source} feature file for slide {slide_id!r}: {path}")
+    if source == "reference":
+        arr = np.load(path, mmap_mode="r")
+        if arr.ndim != 2 or arr.shape[1] <= _REF_META_COLS:
+            raise FileFormatError(f"{path}: shape {arr.shape}; expected (N, 3 + D)")
+        return np.ascontiguousarray(arr[:, _REF_META_COLS:])
+    with h5py.File(path, "r") as f:
+        ds = _h5_features(f, path)
+        arr = ds[0] if ds.ndim == 3 else ds[()]
+    return arr

@@ -1,0 +1,361 @@
+"""Extraction stage: encode the tiles of every slide, one feature file per slide.
+
+``run_extraction`` reads the coords file of each slide, streams its tiles from
+DataLoader workers (:mod:`wsi_mil.encoders.tile_stream`) into a frozen encoder
+under ``torch.inference_mode`` and writes, atomically, either our h5
+(``<output_dir>/<encoder>/<tiling>/<slide_id>.h5``) or the reference's
+``<output_dir>/<encoder>/<cohort>/<slide_id>/features.npy`` (+ ``meta.json``).
+
+Resumable: a slide whose output exists with matching attrs (encoder, weights,
+tiling, coords fingerprint, precision, dtype) is skipped; an output made with
+other settings raises :class:`StaleOutputError` before any work, unless
+``overwrite=True``. A slide that fails is recorded in the ledger and the batch
+goes on. Under ``torchrun`` slides are sharded across ranks
+(:mod:`wsi_mil.pipeline.distributed`); each rank writes its own slides and
+``status.rank{r}.csv``; rank 0 merges them into ``status.csv``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from loguru import logger
+
+from wsi_mil.encoders import Encoder, create_encoder
+from wsi_mil.encoders.tile_reader import BACKENDS, MODES, RESAMPLES
+from wsi_mil.encoders.tile_stream import make_tile_loader, make_work_items
+from wsi_mil.errors import ConfigError, StaleOutputError, WsiMilError
+from wsi_mil.io.atomic import write_json_atomic
+from wsi_mil.io.coords import read_coords
+from wsi_mil.io.features import (
+    FEATURE_DTYPES,
+    coords_sha1,
+    read_feature_attrs,
+    write_features,
+    write_reference_features,
+)
+from wsi_mil.io.ledger import StatusLedger
+from wsi_mil.io.paths import (
+    features_dir,
+    features_path,
+    reference_features_path,
+    safe_name,
+    tiling_name,
+)
+from wsi_mil.pipeline import distributed as dist_utils
+from wsi_mil.pipeline.provenance import library_versions
+from wsi_mil.version import __version__
+
+LAYOUTS = ("wsi_mil", "reference")
+# attrs that must agree for an existing output to be reused
+MATCH_KEYS = ("encoder", "weights_sha256", "tile_size", "target_mpp", "dz_level",
+              "coords_sha1", "precision", "features_dtype", "reader_mode", "resample")
+
+
+@dataclass
+class ExtractionResult:
+    output_root: Path                     # folder of the ledger (and of the h5 files)
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class _Slide:
+    pos: int
+    slide_id: str
+    path: str
+    coords_path: Path
+    out_path: Path
+    coords: np.ndarray | None = None
+    coords_level0: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def _coords_folder(coords_root: Path) -> Path:
+    """Accept the tiling root (with ``coords/``) or the coords folder itself."""
+    return coords_root / "coords" if (coords_root / "coords").is_dir() else coords_root
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"device={device!r} is not a torch device (cpu, cuda, cuda:0, auto)") \
+            from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available; use device=cpu")
+    return dev
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}; choose one of {choices}")
+
+
+def _expected_attrs(encoder: Encoder, coords_attrs: dict, coords: np.ndarray,
+                    features_dtype: str, reader_mode: str, resample: str) -> dict[str, Any]:
+    prep = encoder.preprocessing
+    return {
+        "wsi_mil_version": __version__,
+        "encoder": encoder.name,
+        "embed_dim": int(encoder.embed_dim),
+        "weights_sha256": encoder.weights_sha256 or "",
+        "weights_source": getattr(encoder, "weights_source", "") or "",
+        "precision": encoder.precision,
+        "pooling": getattr(encoder, "pooling", ""),
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "input_size": int(prep.input_size),
+        "tile_size": int(coords_attrs["tile_size"]),
+        "target_mpp": float(coords_attrs["target_mpp"]),
+        "slide_mpp": float(coords_attrs["slide_mpp"]),
+        "dz_level": int(coords_attrs["dz_level"]),
+        "tiling_params": str(coords_attrs.get("tiling_params", "")),
+        "coords_sha1": coords_sha1(coords),
+        "n_tiles": int(len(coords)),
+        "features_dtype": features_dtype,
+        "reader_mode": reader_mode,
+        "resample": resample,
+        "library_versions": library_versions(),
+    }
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) < 1e-9
+        except (TypeError, ValueError):
+            return False
+    return str(a) == str(b)
+
+
+def _existing_attrs(slide: _Slide, layout: str) -> dict[str, Any] | None:
+    if not slide.out_path.exists():
+        return None
+    try:
+        if layout == "reference":
+            meta = slide.out_path.with_name("meta.json")
+            return json.loads(meta.read_text()) if meta.exists() else {}
+        return read_feature_attrs(slide.out_path)
+    except (WsiMilError, OSError, ValueError) as err:
+        logger.warning("{}: unreadable existing output {} ({}); recomputing",
+                       slide.slide_id, slide.out_path, err)
+        return None
+
+
+def _mismatch(existing: dict, expected: dict) -> list[str]:
+    return [f"{k}: {existing.get(k)!r} != {expected[k]!r}" for k in MATCH_KEYS
+            if not _same(existing.get(k), expected[k])]
+
+
+def _write(slide: _Slide, feats: np.ndarray, layout: str, features_dtype: str) -> None:
+    if layout == "reference":
+        write_reference_features(slide.out_path, feats.astype(features_dtype), slide.coords)
+        write_json_atomic(slide.out_path.with_name("meta.json"), slide.attrs)
+    else:
+        write_features(slide.out_path, feats, slide.coords, slide.coords_level0,
+                       slide.attrs, dtype=features_dtype)
+
+
+def _slide_rows(slide_table: pd.DataFrame | str | Path) -> pd.DataFrame:
+    if isinstance(slide_table, pd.DataFrame):
+        return slide_table
+    from wsi_mil.io.slide_table import read_slide_table
+
+    return read_slide_table(slide_table)
+
+
+def run_extraction(
+    slide_table: pd.DataFrame | str | Path,
+    coords_root: str | Path,
+    output_dir: str | Path,
+    encoder_name: str = "histo_stats",
+    weights: str | None = None,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str = "auto",
+    precision: str | None = None,
+    features_dtype: str = "float16",
+    layout: str = "wsi_mil",
+    cohort: str = "default",
+    overwrite: bool = False,
+    reader_mode: str = "fast",
+    resample: str = "dct",
+    backend: str = "auto",
+    chunk_tiles: int | None = None,
+    channels_last: bool | None = None,
+    encoder: Encoder | None = None,
+) -> ExtractionResult:
+    """Encode the tiles of every slide of ``slide_table`` (DataFrame slide_id, path or spec).
+
+    ``coords_root``: tiling root (``.../mpp0.50_px224``) or its ``coords`` folder.
+    ``encoder``: an already built encoder (then ``encoder_name``/``weights`` are ignored).
+    ``chunk_tiles``: split slides into raster bands of this many tiles so several
+    workers share one slide (None: one work item per slide, or one band per worker
+    of the largest slide when ``num_workers`` > number of slides).
+    """
+    _check_choice("layout", layout, LAYOUTS)
+    _check_choice("features_dtype", features_dtype, FEATURE_DTYPES)
+    _check_choice("reader_mode", reader_mode, MODES)
+    _check_choice("resample", resample, RESAMPLES)
+    _check_choice("backend", backend, BACKENDS)
+    if int(batch_size) < 1 or int(num_workers) < 0:
+        raise ConfigError(f"batch_size must be >= 1 and num_workers >= 0, got "
+                          f"{batch_size} and {num_workers}")
+    rank, world = dist_utils.init_from_env(device)
+    dev = resolve_device(dist_utils.rank_device(device, rank))
+    table = _slide_rows(slide_table)
+    coords_folder = _coords_folder(Path(coords_root))
+    if encoder is None:
+        encoder = create_encoder(encoder_name, weights=weights, device=dev, precision=precision)
+    else:
+        encoder = encoder.to(dev).eval()
+    use_cl = channels_last if channels_last is not None else (
+        dev.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) and m.kernel_size != m.stride
+                                   for m in encoder.modules()))
+    if use_cl:
+        encoder = encoder.to(memory_format=torch.channels_last)
+
+    # -- plan: read coords, decide done / todo / stale for every slide -------------------
+    slides: list[_Slide] = []
+    failures: dict[str, str] = {}
+    tiling = None
+    for pos, rec in enumerate(table.itertuples(index=False)):
+        sid = str(rec.slide_id)
+        cpath = coords_folder / f"{sid}.h5"
+        slide = _Slide(pos, sid, str(rec.path), cpath, Path())
+        try:
+            cf = read_coords(cpath) if cpath.exists() else None
+            if cf is None:
+                raise ConfigError(f"no coords file {cpath} (run `wsi-mil tile` first)")
+            if len(cf.coords) == 0:
+                raise ConfigError(f"coords file {cpath} has no tile")
+            slide.coords, slide.coords_level0 = cf.coords, cf.coords_level0
+            slide.attrs = _expected_attrs(encoder, cf.attrs, cf.coords, features_dtype,
+                                          reader_mode, resample)
+            slide.attrs["slide_id"] = sid
+            tiling = tiling or tiling_name(slide.attrs["target_mpp"], slide.attrs["tile_size"])
+        except WsiMilError as err:
+            failures[sid] = f"{type(err).__name__}: {err}"
+        slides.append(slide)
+    tiling = tiling or coords_folder.parent.name
+    if layout == "reference":
+        out_root = Path(output_dir) / safe_name(encoder.name) / cohort
+    else:
+        out_root = features_dir(output_dir, encoder.name, tiling)
+    for s in slides:
+        s.out_path = (reference_features_path(output_dir, encoder.name, cohort, s.slide_id)
+                      if layout == "reference" else features_path(out_root, s.slide_id))
+
+    todo, skipped, stale = [], [], []
+    for s in slides:
+        if s.slide_id in failures:
+            continue
+        existing = None if overwrite else _existing_attrs(s, layout)
+        if existing is None:
+            todo.append(s)
+        elif bad := _mismatch(existing, s.attrs):
+            stale.append(f"{s.out_path} ({'; '.join(bad)})")
+        else:
+            skipped.append(s)
+    if stale:
+        raise StaleOutputError(
+            f"{len(stale)} existing feature file(s) were made with other settings; pass "
+            f"overwrite=true to recompute them or choose another output_dir: " + " | ".join(stale)
+        )
+
+    # -- shard and run ------------------------------------------------------------------
+    # every rank must see the outputs as they were before anyone writes: same plan everywhere
+    dist_utils.barrier(world)
+    mine = dist_utils.shard_by_cost(todo, [len(s.coords) for s in todo], rank, world)
+    ledger_name = "status.csv" if world == 1 else f"status.rank{rank}.csv"
+    out_root.mkdir(parents=True, exist_ok=True)
+    ledger = StatusLedger(out_root, name=ledger_name)
+    if rank == 0:
+        for s in skipped:
+            ledger.record(s.slide_id, "skipped", "output exists with the same settings",
+                          flush=False)
+        for sid, reason in failures.items():
+            ledger.record(sid, "failed", reason, flush=False)
+            logger.error("{}: {}", sid, reason)
+        ledger.flush()
+    logger.info("extract {} on {} (rank {}/{}): {} slides to do here, {} skipped, {} failed "
+                "before reading -> {}", encoder.name, dev, rank, world, len(mine), len(skipped),
+                len(failures), out_root)
+    _encode_slides(mine, encoder, dev, ledger, layout, features_dtype, int(batch_size),
+                   int(num_workers), reader_mode, resample, backend, chunk_tiles, use_cl)
+
+    if world > 1:
+        ledger = dist_utils.merge_rank_ledgers(out_root, rank, world)
+    counts = ledger.counts()
+    failed = {r.slide_id: r.reason for r in ledger.failed()}
+    logger.info("extract done (rank {}): {}", rank, counts)
+    return ExtractionResult(out_root, counts, failed, rank, world)
+
+
+def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
+                   ledger: StatusLedger, layout: str, features_dtype: str, batch_size: int,
+                   num_workers: int, reader_mode: str, resample: str, backend: str,
+                   chunk_tiles: int | None, channels_last: bool) -> None:
+    if not slides:
+        return
+    if chunk_tiles is None and num_workers > len(slides):
+        # let the workers share the slides: one band per worker of the largest slide
+        # (each band boundary may decode one row of stored tiles twice)
+        chunk_tiles = max(512, -(-max(len(s.coords) for s in slides) // num_workers))
+    items = make_work_items([(k, s.path, s.coords, int(s.attrs["tile_size"]))
+                             for k, s in enumerate(slides)], chunk_tiles)
+    loader = make_tile_loader(items, batch_size, num_workers, pin_memory=dev.type == "cuda",
+                              mode=reader_mode, resample=resample, backend=backend)
+    buffers: dict[int, np.ndarray] = {}
+    received: dict[int, int] = {}
+    started: dict[int, float] = {}
+    dead: set[int] = set()
+    for batch in loader:
+        k = int(batch["slide"])
+        slide = slides[k]
+        if k in dead:
+            continue
+        started.setdefault(k, time.perf_counter())
+        if "error" in batch:
+            dead.add(k)
+            buffers.pop(k, None)
+            ledger.record(slide.slide_id, "failed", batch["error"])
+            logger.error("{}: {}", slide.slide_id, batch["error"])
+            continue
+        tiles = batch["tiles"].to(dev, non_blocking=True)  # (B, T, T, 3) uint8
+        with torch.inference_mode():
+            images = encoder.preprocess(tiles)  # (B, 3, S, S)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            feats = encoder(images).float().cpu().numpy()  # (B, D)
+        if k not in buffers:
+            buffers[k] = np.empty((len(slide.coords), feats.shape[1]), np.float32)
+            received[k] = 0
+        buffers[k][batch["index"].numpy()] = feats
+        received[k] += len(feats)
+        if received[k] == len(slide.coords):
+            try:
+                _write(slide, buffers.pop(k), layout, features_dtype)
+            except (WsiMilError, OSError) as err:
+                ledger.record(slide.slide_id, "failed", f"{type(err).__name__}: {err}")
+                logger.error("{}: cannot write features: {}", slide.slide_id, err)
+                continue
+            seconds = time.perf_counter() - started[k]
+            ledger.record(slide.slide_id, "done", f"{len(slide.coords)} tiles", seconds)
+            logger.info("{}: {} tiles -> {} ({:.1f} tiles/s)", slide.slide_id,
+                        len(slide.coords), slide.out_path.name,
+                        len(slide.coords) / max(seconds, 1e-9))
+    for k, slide in enumerate(slides):
+        if k not in dead and not ledger.is_done(slide.slide_id) and k in buffers:
+            ledger.record(slide.slide_id, "failed", "incomplete: tiles missing from the reader")

@@ -1,0 +1,179 @@
+"""Inputs of the heatmaps: feature bags, fold models, tile scores, slide thumbnails.
+
+Reads the contract's files directly (feature h5, coords h5, ``models/*.pt``)
+so that a report can be made from what a run left on disk.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from loguru import logger
+
+from wsi_mil.errors import FileFormatError, SlideReadError, WsiMilError
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".svslide")
+ModelFactory = Callable[..., torch.nn.Module]
+
+
+@dataclass
+class Bag:
+    """One slide's tile features and where the tiles are (level-0 pixels)."""
+
+    slide_id: str
+    features: np.ndarray       # (N, D) float32
+    coords_level0: np.ndarray  # (N, 2) int64, top-left (x, y)
+    attrs: dict[str, Any]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in obj.attrs.items()}
+
+
+def read_bag(path: str | Path) -> Bag:
+    """Our feature h5, or a TRIDENT / CLAM one (``coords`` (N, 2) = level-0 x, y)."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        if "features" not in f:
+            raise FileFormatError(f"{path} has no 'features' dataset; has {sorted(f.keys())}")
+        features = np.asarray(f["features"][()], dtype=np.float32)
+        if features.ndim == 3 and features.shape[0] == 1:
+            features = features[0]
+        if "coords_level0" in f:
+            coords = np.asarray(f["coords_level0"][()], dtype=np.int64)
+        elif "coords" in f and f["coords"].shape[-1] == 2:
+            coords = np.asarray(f["coords"][()], dtype=np.int64).reshape(-1, 2)
+        else:
+            raise FileFormatError(f"{path} has no level-0 tile coordinates (coords_level0)")
+        attrs = _attrs(f)
+    if features.ndim != 2 or len(features) != len(coords):
+        raise FileFormatError(
+            f"{path}: features {features.shape} do not match coords {coords.shape}"
+        )
+    return Bag(slide_id=path.stem, features=features, coords_level0=coords, attrs=attrs)
+
+
+def read_coords_attrs(path: str | Path) -> dict[str, Any]:
+    """The attributes of a coords h5 (tile_size, downsample, slide_path, ...)."""
+    with h5py.File(path, "r") as f:
+        return _attrs(f)
+
+
+def tile_size_level0_px(coords_level0: np.ndarray, *attr_sets: dict[str, Any]) -> float:
+    """Tile side in level-0 pixels: ``tile_size * downsample`` (coords attrs), else
+    ``tile_size * target_mpp / slide_mpp`` (feature attrs), else the grid step."""
+    for attrs in attr_sets:
+        if "tile_size" in attrs and "downsample" in attrs:
+            return float(attrs["tile_size"]) * float(attrs["downsample"])
+    for attrs in attr_sets:
+        if {"tile_size", "target_mpp", "slide_mpp"} <= set(attrs):
+            return float(attrs["tile_size"]) * float(attrs["target_mpp"]) / float(attrs["slide_mpp"])
+    steps = [np.diff(np.unique(coords_level0[:, i])) for i in range(2)]
+    steps = np.concatenate([s[s > 0] for s in steps])
+    if steps.size == 0:
+        raise FileFormatError("cannot infer the tile size: no attrs and a single tile position")
+    return float(steps.min())
+
+
+def default_model_factory() -> ModelFactory:
+    try:
+        from wsi_mil.models import create_model
+    except ImportError as err:
+        raise WsiMilError(f"wsi_mil.models.create_model is not available ({err})") from err
+    return create_model
+
+
+def load_fold_model(path: str | Path, factory: ModelFactory | None = None) -> torch.nn.Module:
+    """Rebuild an outer-fold model from ``models/r{r}_f{k}.pt`` (eval mode, CPU)."""
+    path = Path(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = {"model", "in_dim", "n_outputs", "state_dict"} - set(ckpt)
+    if missing:
+        raise FileFormatError(f"{path} lacks keys {sorted(missing)}")
+    factory = factory or default_model_factory()
+    model = factory(ckpt["model"], int(ckpt["in_dim"]), int(ckpt["n_outputs"]),
+                    **dict(ckpt.get("hparams") or {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+@torch.no_grad()
+def compute_tile_scores(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+    """``model.tile_scores`` of one whole bag: (N, D) -> (N,) float."""
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]  # (1, N, D)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)                              # (1, N)
+    scores = model.tile_scores(x, mask)                                           # (1, N)
+    return scores.reshape(-1).float().cpu().numpy()
+
+
+def read_thumbnail(slide_path: str | Path, max_px: int = 1024, mpp: float | None = None
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(thumbnail (h, w, 3) uint8, level-0 (width, height))`` of a slide."""
+    try:
+        from wsi_mil.slides import open_slide
+    except ImportError:
+        open_slide = None
+    if open_slide is not None:
+        try:
+            mpp_override = None if mpp is None or np.isnan(mpp) else float(mpp)
+            with open_slide(slide_path, mpp_override=mpp_override) as reader:
+                return np.asarray(reader.get_thumbnail((max_px, max_px))), tuple(reader.dimensions)
+        except WsiMilError as err:  # e.g. no mpp: a thumbnail does not need it
+            logger.debug("open_slide({}) failed ({}); using openslide", slide_path, err)
+    import openslide
+
+    try:
+        osr = openslide.OpenSlide(str(slide_path))
+    except (openslide.OpenSlideError, FileNotFoundError) as err:
+        raise SlideReadError(f"cannot open slide {slide_path}: {err}") from err
+    try:
+        thumb = np.asarray(osr.get_thumbnail((max_px, max_px)).convert("RGB"))
+        return thumb, tuple(osr.dimensions)
+    finally:
+        osr.close()
+
+
+def read_slides(spec: str | Path) -> pd.DataFrame:
+    """A slide table (``slide_id, path[, mpp]``) from a file / folder / glob / CSV spec."""
+    try:
+        from wsi_mil.io.slide_table import read_slide_table
+    except ImportError:
+        read_slide_table = _read_slide_table_fallback
+    return read_slide_table(spec)
+
+
+def slide_paths(slides: str | Path | pd.DataFrame | None) -> dict[str, tuple[Path, float]]:
+    """``slide_id -> (path, mpp or NaN)`` from a slide table spec or DataFrame."""
+    if slides is None:
+        return {}
+    if not isinstance(slides, pd.DataFrame):
+        slides = read_slides(slides)
+    mpp = slides["mpp"] if "mpp" in slides.columns else pd.Series(np.nan, index=slides.index)
+    rows = zip(slides["slide_id"], slides["path"], mpp, strict=True)
+    return {str(s): (Path(p), float(m)) for s, p, m in rows}
+
+
+def _read_slide_table_fallback(spec: str | Path) -> pd.DataFrame:
+    spec = Path(spec)
+    if spec.suffix.lower() == ".csv":
+        table = pd.read_csv(spec)
+        if "path" in table.columns and "slide_id" not in table.columns:
+            table["slide_id"] = [Path(p).stem for p in table["path"]]
+        return table
+    if spec.is_dir():
+        files = sorted(p for p in spec.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES)
+    else:
+        files = [spec]
+    return pd.DataFrame({"slide_id": [p.stem for p in files], "path": [str(p) for p in files]})

@@ -1,0 +1,170 @@
+"""One fit of a MIL head on a subset of a :class:`~wsi_mil.data.bags.BagStore`.
+
+Adam with learning rate and weight decay; mini-batches of ``batch_size``
+bags padded with a mask; ``n_tiles`` tiles sampled per slide and per epoch
+(``tile_sampling="random"``, or ``"first"`` = the reference's first-n tiles).
+Training batches are reshuffled each epoch and the last incomplete batch is
+dropped when there is at least one full batch (as the reference). Evaluation
+samples tiles with a generator seeded from ``seed`` only, so a prediction does
+not depend on how many epochs were run before.
+
+Determinism: everything random comes from ``seed`` (numpy generator for
+sampling and batch order; torch seed for initialisation and dropout). Model
+initialisation happens under a lock so that fits running in threads do not
+interleave on torch's global generator.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_mil.data.bags import BagStore, collate
+from wsi_mil.data.cohort import Cohort
+from wsi_mil.errors import ConfigError
+from wsi_mil.evaluation import metrics
+from wsi_mil.training.losses import make_loss
+
+_INIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """Everything that defines one fit (besides the data)."""
+
+    model: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 50
+    batch_size: int = 16
+    n_tiles: int | None = 1000
+    tile_sampling: str = "random"
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError(
+                f"bad fit parameters: epochs={self.epochs} (>=1), batch_size={self.batch_size} (>=1), "
+                f"lr={self.lr} (>0), weight_decay={self.weight_decay} (>=0)"
+            )
+
+
+@dataclass
+class Targets:
+    """Per-slide targets, aligned with the store rows."""
+
+    task: str
+    n_outputs: int
+    y: np.ndarray | None = None
+    time: np.ndarray | None = None
+    event: np.ndarray | None = None
+
+    @classmethod
+    def from_cohort(cls, cohort: Cohort) -> Targets:
+        if cohort.task == "survival":
+            return cls("survival", 1, time=cohort.time, event=cohort.event)
+        return cls("classification", cohort.n_outputs, y=cohort.y)
+
+    @property
+    def metric_name(self) -> str:
+        if self.task == "survival":
+            return "c_index"
+        return "auc" if self.n_outputs == 1 else "macro_auc"
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        if self.task == "survival":
+            return {"time": torch.from_numpy(self.time[idx]), "event": torch.from_numpy(self.event[idx])}
+        return {"y": torch.from_numpy(self.y[idx])}
+
+    def score(self, idx: np.ndarray, scores: np.ndarray) -> float:
+        """The primary metric of predictions ``scores`` for rows ``idx``."""
+        if self.task == "survival":
+            return metrics.c_index(self.time[idx], scores, self.event[idx])
+        if self.n_outputs == 1:
+            return metrics.auc(self.y[idx], scores)
+        return metrics.macro_ovr_auc(self.y[idx], scores)
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    val_curve: np.ndarray  # (epochs,) primary metric on the validation set after each epoch
+    train_loss: np.ndarray  # (epochs,) mean training loss
+    seconds: float
+
+
+def create_head(params: FitParams, in_dim: int, n_outputs: int) -> torch.nn.Module:
+    """The MIL head of ``params``, initialised from ``params.seed``."""
+    from wsi_mil.models import create_model
+
+    with _INIT_LOCK:
+        torch.manual_seed(params.seed)
+        return create_model(params.model, in_dim, n_outputs, **params.hparams)
+
+
+def outputs_to_scores(out: torch.Tensor, task: str) -> np.ndarray:
+    """Model outputs (B, C) -> scores: sigmoid (B,) binary, softmax (B, C) multiclass, risk (B,) survival."""
+    out = out.detach().float().cpu()
+    if task == "survival":
+        return out[:, 0].numpy().astype(np.float64)
+    if out.shape[1] == 1:
+        return torch.sigmoid(out[:, 0]).numpy().astype(np.float64)
+    return torch.softmax(out, dim=1).numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, store: BagStore, idx: np.ndarray, task: str,
+            n_tiles: int | None = 1000, tile_sampling: str = "random", seed: int = 0,
+            batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+    """Scores of slides ``idx`` (see :func:`outputs_to_scores`)."""
+    model.eval()
+    rng = np.random.default_rng([seed, 7919])
+    chunks = []
+    for start in range(0, len(idx), batch_size):
+        x, mask = collate(store, idx[start:start + batch_size], n_tiles, rng, tile_sampling)
+        chunks.append(outputs_to_scores(model(x.to(device), mask.to(device)), task))
+    return np.concatenate(chunks) if chunks else np.zeros(0)
+
+
+def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitParams,
+        val_idx: np.ndarray | None = None) -> FitResult:
+    """Train a fresh head on ``train_idx``; if ``val_idx`` is given, score it after every epoch."""
+    t0 = time.perf_counter()
+    train_idx = np.asarray(train_idx)
+    model = create_head(params, store.dim, targets.n_outputs).to(params.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    loss_fn = make_loss(targets.task, targets.n_outputs)
+    rng = np.random.default_rng(params.seed)
+    torch_gen_seed = int(rng.integers(2**31))
+    torch.manual_seed(torch_gen_seed)  # dropout etc. (process-local in worker processes)
+    n_full = len(train_idx) // params.batch_size
+    val_curve, train_loss = [], []
+    for _ in range(params.epochs):
+        model.train()
+        order = rng.permutation(train_idx)
+        n_batches = n_full if n_full >= 1 else 1
+        bounds = [(b * params.batch_size, (b + 1) * params.batch_size) for b in range(n_batches)]
+        losses = []
+        for lo, hi in bounds:
+            batch = order[lo:hi]
+            x, mask = collate(store, batch, params.n_tiles, rng, params.tile_sampling)
+            out = model(x.to(params.device), mask.to(params.device))  # (B, C)
+            tgt = {k: v.to(params.device) for k, v in targets.batch(batch).items()}
+            loss = loss_fn(out, tgt)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        train_loss.append(float(np.mean(losses)))
+        if val_idx is not None and len(val_idx):
+            scores = predict(model, store, np.asarray(val_idx), targets.task, params.n_tiles,
+                             params.tile_sampling, params.seed, params.batch_size, params.device)
+            val_curve.append(targets.score(np.asarray(val_idx), scores))
+    return FitResult(model, np.asarray(val_curve, dtype=np.float64), np.asarray(train_loss),
+                     time.perf_counter() - t0)

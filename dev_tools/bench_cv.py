@@ -7,9 +7,13 @@ number of fits, peak memory of the whole process tree (sum of PSS, so pages of
 the shared memory-mapped feature array count once; and sum of RSS), and the
 ratio to the feature bytes; target: peak <= 1.3 x feature bytes + 1 GB.
 
-``--time-fits`` instead times one inner fit and one refit per head with the
-same code and extrapolates the full nested CV (for machines too small to run
-it): total ~= n_outer * (n_grid * n_inner * t_inner + t_refit) / n_jobs.
+``--time-fits`` is for machines too small or too busy to run it: it runs
+``n_jobs`` inner fits in parallel worker processes (memory-mapped features,
+as the real run) and then one refit, measures each fit's CPU seconds
+(``time.process_time`` inside the worker: independent of other load on the
+machine) and the tree memory, and extrapolates the full nested CV:
+CPU = n_outer * (n_grid * n_inner * cpu_inner + cpu_refit); wall on an
+otherwise idle machine ~= CPU / n_jobs (one torch thread per fit).
 
     nice python dev_tools/bench_cv.py --n-jobs 2
     nice python dev_tools/bench_cv.py --models abmil --time-fits
@@ -24,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -82,6 +87,16 @@ class PeakMemory:
         self._thread.join()
 
 
+def _timed_fit(store, targets, train, val, params, n_threads: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one fit, measured inside the worker."""
+    from wsi_mil.training.fit import fit
+
+    torch.set_num_threads(n_threads)
+    cpu, wall = time.process_time(), time.perf_counter()
+    fit(store, targets, train, params, val_idx=val)
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["meanpool", "abmil"])
@@ -94,25 +109,35 @@ def main() -> None:
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--backend", default="loky", choices=["loky", "threading"])
     ap.add_argument("--time-fits", action="store_true", help="time one inner fit + one refit and extrapolate")
+    ap.add_argument("--measure-epochs", type=int, default=None,
+                    help="--time-fits: run fits this long and scale CPU linearly to --epochs")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
+    from loguru import logger
+
+    logger.enable("wsi_mil")  # progress lines on stderr
 
     from wsi_mil.data.bags import BagStore
     from wsi_mil.data.cohort import read_cohort
     from wsi_mil.data.folds import make_fold_plan
     from wsi_mil.evaluation.nested_cv import CVSettings, available_cores, grid_points, run_cv
     from wsi_mil.testing.synthetic_cohort import write_synthetic_cohort
-    from wsi_mil.training.fit import FitParams, Targets, fit
+    from wsi_mil.training.fit import FitParams, Targets
 
     base_pss, base_rss = _tree_memory_bytes()
     print(f"baseline (python + torch, no features, no workers): PSS {base_pss / 2**20:.0f} MiB")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cv_"))
     t0 = time.perf_counter()
-    syn = write_synthetic_cohort(work / "data", n_patients=args.slides // 2, slides_per_patient=(2, 2),
-                                 n_tiles=(args.tiles, args.tiles), dim=args.dim, seed=0)
-    print(f"synthetic cohort: {args.slides} slides x {args.tiles} tiles x {args.dim} "
-          f"written in {time.perf_counter() - t0:.1f}s -> {work}")
-    cohort = read_cohort(syn.cohort_csv, "classification")
+    if (work / "data" / "cohort.csv").exists():  # reuse a --workdir from a previous run
+        cohort_csv, features_dir = work / "data" / "cohort.csv", work / "data" / "features"
+        print(f"reusing synthetic cohort in {work}")
+    else:
+        syn = write_synthetic_cohort(work / "data", n_patients=args.slides // 2, slides_per_patient=(2, 2),
+                                     n_tiles=(args.tiles, args.tiles), dim=args.dim, seed=0)
+        cohort_csv, features_dir = syn.cohort_csv, syn.features_dir
+        print(f"synthetic cohort: {args.slides} slides x {args.tiles} tiles x {args.dim} "
+              f"written in {time.perf_counter() - t0:.1f}s -> {work}")
+    cohort = read_cohort(cohort_csv, "classification")
     plan = make_fold_plan(cohort, args.outer, args.inner, 1, seed=0)
     print(f"cores: {available_cores()}, n_jobs: {args.n_jobs}, backend: {args.backend}, "
           f"torch threads per fit: {max(1, available_cores() // args.n_jobs)}")
@@ -124,19 +149,32 @@ def main() -> None:
         memmap = work / f"{model}_features.npy" if args.n_jobs > 1 and args.backend == "loky" else None
         with PeakMemory() as mem:
             t_load = time.perf_counter()
-            store = BagStore.from_dir(syn.features_dir, cohort.slide_ids, memmap_path=memmap)
+            store = BagStore.from_dir(features_dir, cohort.slide_ids, memmap_path=memmap)
             t_load = time.perf_counter() - t_load
             t = time.perf_counter()
             if args.time_fits:
-                torch.set_num_threads(max(1, available_cores() // args.n_jobs))
+                from joblib import Parallel, delayed
+
+                threads = max(1, available_cores() // args.n_jobs)
                 targets = Targets.from_cohort(cohort)
                 fold = plan.repeats[0][0]
-                params = FitParams(model, lr=1e-3, epochs=args.epochs, batch_size=16, n_tiles=args.tiles)
-                tr, va = fold.inner[0]
-                t_inner = fit(store, targets, tr, params, val_idx=va).seconds
-                t_refit = fit(store, targets, fold.train, params).seconds
-                wall = args.outer * (n_grid * args.inner * t_inner + t_refit) / args.n_jobs
-                what = f"EXTRAPOLATED from 1 inner fit ({t_inner:.1f}s) + 1 refit ({t_refit:.1f}s)"
+                run_epochs = args.measure_epochs or args.epochs
+                scale = args.epochs / run_epochs
+                params = FitParams(model, lr=1e-3, epochs=run_epochs, batch_size=16, n_tiles=args.tiles)
+                inner = Parallel(n_jobs=args.n_jobs, backend=args.backend)(
+                    delayed(_timed_fit)(store, targets, tr, va, params, threads)
+                    for tr, va in fold.inner[: args.n_jobs]
+                )
+                refit = Parallel(n_jobs=args.n_jobs, backend=args.backend)(
+                    [delayed(_timed_fit)(store, targets, fold.train, None, params, threads)])[0]
+                cpu_inner = float(np.mean([c for c, _ in inner])) * scale
+                cpu_refit = refit[0] * scale
+                cpu = args.outer * (n_grid * args.inner * cpu_inner + cpu_refit)
+                wall = cpu / args.n_jobs
+                what = (f"EXTRAPOLATED to an idle machine from {len(inner)} parallel inner fits of "
+                        f"{run_epochs} epochs (CPU {cpu_inner:.1f}s each at {args.epochs} epochs, wall "
+                        f"{np.mean([w for _, w in inner]):.1f}s here) + 1 refit (CPU {cpu_refit:.1f}s); "
+                        f"total CPU {cpu:.0f}s")
             else:
                 result = run_cv(cohort, store, plan, settings, work / f"run_{model}")
                 wall = time.perf_counter() - t

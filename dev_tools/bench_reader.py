@@ -51,10 +51,15 @@ def make_slide(cache_dir: Path, width: int, height: int, levels: str) -> Path:
 
 
 def tissue_coords(path: Path) -> np.ndarray:
+    """Tissue tiles at 0.5 um/px (the tiling library), cached next to the slide."""
+    cached = path.with_suffix(".coords.npy")
+    if cached.exists():
+        return np.load(cached)
     with open_slide(path) as reader:
         tiling = tile_slide(reader, TilingParams(target_mpp=0.5, tile_size=TILE))
-    coords = tiling.grid.coords
-    return coords[read_order(coords)]
+    coords = tiling.grid.coords[read_order(tiling.grid.coords)]
+    np.save(cached, coords)
+    return coords
 
 
 def _run_get_tile(args: tuple[str, np.ndarray]) -> int:

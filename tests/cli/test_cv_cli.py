@@ -58,3 +58,28 @@ def test_joblib_multirun_over_two_heads(synth, tmp_path):
     for head in ("meanpool", "abmil"):
         summary = json.loads((out / "classification" / "synth" / head / "summary.json").read_text())
         assert summary["model"] == head
+
+
+@pytest.mark.parametrize("head", ["meanpool", "chowder", "abmil", "dsmil", "transmil", "hipt_mil"])
+def test_every_head_config_builds_its_model(head):
+    from importlib import resources
+
+    import torch
+    import yaml
+
+    from wsi_mil.models import create_model
+
+    conf = yaml.safe_load(resources.files("wsi_mil.conf").joinpath(f"model/{head}.yaml").read_text())
+    assert conf["name"] == head and isinstance(conf["grid"], dict)
+    model = create_model(head, 8, 1, **conf["hparams"])
+    assert model(torch.randn(2, 25, 8), torch.ones(2, 25, dtype=torch.bool)).shape == (2, 1)
+
+
+def test_slurm_launcher_config_is_documented_yaml():
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("wsi_mil.conf").joinpath("hydra/launcher/slurm.yaml").read_text()
+    conf = yaml.safe_load(text)
+    assert conf["defaults"] == ["submitit_slurm"] and "hydra-submitit-launcher" in text

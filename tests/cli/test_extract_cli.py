@@ -113,6 +113,19 @@ def test_extract_tiles_reads_a_path_label_csv(tile_folder, vit, tmp_path):
     assert out.name == "tiles"
 
 
+def test_tile_features_made_with_another_encoder_are_not_reused(tile_folder, vit, tmp_path):
+    from wsi_mil.errors import StaleOutputError
+    from wsi_mil.pipeline.extract_tiles_stage import run_tile_extraction
+
+    kw = dict(encoder_name=vit["name"], weights=vit["weights"], device="cpu", num_workers=0)
+    out = run_tile_extraction(tile_folder, tmp_path, **kw)
+    stamp = (out / "tile_features.npy").stat().st_mtime_ns
+    assert run_tile_extraction(tile_folder, tmp_path, **kw) == out  # same settings: kept
+    assert (out / "tile_features.npy").stat().st_mtime_ns == stamp
+    with pytest.raises(StaleOutputError, match="features_dtype"):
+        run_tile_extraction(tile_folder, tmp_path, features_dtype="float16", **kw)
+
+
 def test_reference_tools_entry_points_show_the_stage_options():
     for script, key in (("extract_slide_features.py", "coords_dir"),
                         ("extract_tile_features.py", "dataset")):

@@ -9,7 +9,7 @@ import pytest
 from openslide.deepzoom import DeepZoomGenerator
 
 from wsi_mil.encoders.tiff_direct import TiffLevelSource
-from wsi_mil.encoders.tile_reader import TileReader, read_order
+from wsi_mil.encoders.tile_reader import TileReader, _plan_loop, plan_tiles, read_order
 from wsi_mil.encoders.tile_stream import make_tile_loader, make_work_items
 from wsi_mil.errors import ConfigError, SlideReadError
 from wsi_mil.testing.synthetic_slides import write_synthetic_slide
@@ -167,6 +167,28 @@ def test_an_unreadable_slide_is_reported_by_the_stream_not_raised(tmp_path):
     assert len(batches) == 1 and "SlideReadError" in batches[0]["error"]
     with pytest.raises(SlideReadError):
         TileReader(bad, np.array([[0, 0, 0]]), TILE)
+
+
+@pytest.mark.parametrize("tile_size", [224, 240, 256])
+def test_the_vectorised_plan_equals_deepzoom_on_every_level(cmu_slide_path, slide_40x_pyramid,
+                                                            tile_size):
+    for path in (cmu_slide_path, slide_40x_pyramid):
+        osr = openslide.OpenSlide(str(path))
+        dz = DeepZoomGenerator(osr, tile_size, 0, False)
+        coords = np.array([(lv, c, r) for lv in range(dz.level_count)
+                           for c in range(dz.level_tiles[lv][0])
+                           for r in range(dz.level_tiles[lv][1])])
+        plan = plan_tiles(osr, coords, tile_size)
+        level, xy0, size_l, size_z = _plan_loop(dz, coords)
+        np.testing.assert_array_equal(plan.level, level)
+        np.testing.assert_array_equal(plan.xy_level0, xy0)
+        np.testing.assert_array_equal(plan.size_level, size_l)
+        np.testing.assert_array_equal(plan.size_out, size_z)
+
+
+def test_coords_outside_the_deepzoom_grid_are_config_errors(cmu_slide_path):
+    with pytest.raises(ConfigError, match="outside the DeepZoom grid"):
+        TileReader(cmu_slide_path, np.array([[12, 999, 0]]), TILE)
 
 
 def test_unknown_reader_options_are_config_errors(cmu_slide_path):

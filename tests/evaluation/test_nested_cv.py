@@ -59,7 +59,7 @@ def test_run_directory_has_the_contract_files(abmil_run):
 
 @pytest.mark.slow
 def test_survival_with_planted_risk_reaches_c_index_07(tmp_path):
-    cohort, store = setup(tmp_path, "survival", n_patients=50, witness_fraction=(0.0, 0.5))
+    cohort, store = setup(tmp_path, "survival", n_patients=50, witness_fraction=(0.0, 0.5), signal=3.0)
     plan = make_fold_plan(cohort, 3, 0, 1, seed=0)
     settings = CVSettings("survival", "abmil", mode="kfold", epochs=8, **FAST)
     result = run_cv(cohort, store, plan, settings, tmp_path / "run")

@@ -113,6 +113,9 @@ def test_real_tiny_clip_encoders_give_normalised_deterministic_prototypes(tiny_c
     with torch.no_grad():
         feats = tiny_clip(tiny_clip.preprocess(tiles)).numpy()  # joint-space image embeddings
     assert feats.shape == (4, tiny_clip.embed_dim)
+    sims = cosine_logits(feats, a)
+    assert np.abs(sims).max() <= 1 + 1e-5
+    np.testing.assert_allclose(sims, cosine_logits(3.0 * feats, a), atol=1e-6)  # scale-free
     probs, preds = zero_shot_tiles(feats, a)
     assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1.0)
     again, _ = zero_shot_tiles(feats, make_class_prototypes(tiny_clip, names, templates))

@@ -37,3 +37,13 @@ def test_ledger_round_trips_and_counts(tmp_path):
 def test_ledger_rejects_unknown_status(tmp_path):
     with pytest.raises(ValueError, match="status must be one of"):
         StatusLedger(tmp_path).record("s", "finished")
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    target = tmp_path / "report.html"
+    with atomic_path(target) as tmp:
+        tmp.write_text("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -177,3 +177,17 @@ def test_synthetic_bags_have_requested_sizes_labels_and_witnesses():
     assert all(np.array_equal(a, b) for a, b in zip(bags, again, strict=True))
     shifted = [(b[:, :4].mean(axis=1) > 1.5).sum() for b in bags]
     assert all(s >= 1 for s, y in zip(shifted, labels, strict=True) if y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_a_20000_tile_bag_of_1536_d_features_runs_on_cpu(name):
+    # TransMIL goes through Nystrom attention (linear in N), HIPT-MIL through
+    # torch's fused attention; timings and memory: dev_tools/bench_heads.py
+    x = torch.randn(1, 20_000, 1536, generator=torch.Generator().manual_seed(0))
+    model = create_model(name, 1536, 1).eval()
+    with torch.no_grad():
+        logits = model(x)
+        scores = model.tile_scores(x)
+    assert logits.shape == (1, 1) and torch.isfinite(logits).all()
+    assert scores.shape == (1, 20_000) and torch.isfinite(scores).all()

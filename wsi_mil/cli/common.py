@@ -93,18 +93,33 @@ def exit_on_error(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_stage_config(command: str, overrides: DictConfig | dict | None = None) -> DictConfig:
-    """The package config of ``command`` (``wsi_mil/conf/<command>.yaml``) merged with overrides.
+    """The package config of ``command`` (``wsi_mil/conf/<command>.yaml``) merged with overrides,
+    without Hydra: config groups of its ``defaults`` list (e.g. ``model: abmil``) are loaded
+    from ``wsi_mil/conf/<group>/<option>.yaml``; a string override of a group key picks
+    another option (``{"model": "chowder"}``), a mapping is merged over the default option.
 
-    Used by ``tools/`` entry points, whose primary config is the top-level
-    ``conf.yaml``: ``run(load_stage_config("extract", cfg.extract))``.
+    Used by ``tools/`` entry points (whose primary config is the top-level ``conf.yaml``:
+    ``run(load_stage_config("cv", cfg.cv))``) and by ``wsi-mil demo``.
     """
     from importlib import resources
 
-    text = resources.files("wsi_mil.conf").joinpath(f"{command}.yaml").read_text()
-    base = OmegaConf.create(text)
+    root = resources.files("wsi_mil.conf")
+    base = OmegaConf.create(root.joinpath(f"{command}.yaml").read_text())
+    overrides = OmegaConf.create({} if overrides is None else to_dict(overrides))
+    groups: dict[str, str] = {}
+    for entry in base.get("defaults", []):
+        if OmegaConf.is_dict(entry):
+            for group, option in entry.items():
+                if not str(group).startswith("override") and "/" not in str(group):
+                    groups[str(group)] = str(option)
     for key in ("defaults", "hydra"):
         if key in base:
             base.pop(key)
-    if overrides is not None:
-        base = OmegaConf.merge(base, overrides)
-    return base
+    for group, option in groups.items():
+        chosen = overrides.get(group)
+        if isinstance(chosen, str):
+            option = chosen
+            overrides.pop(group)
+        text = root.joinpath(group, f"{option}.yaml").read_text()
+        base[group] = OmegaConf.create(text)
+    return OmegaConf.merge(base, overrides)

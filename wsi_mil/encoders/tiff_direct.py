@@ -18,9 +18,11 @@ import io
 import os
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import tifffile
 from PIL import Image
+from tifffile.tifffile import jpeg_decode_colorspace
 
 from wsi_mil.errors import SlideReadError
 
@@ -66,9 +68,12 @@ class TiffLevelSource:
         self._counts = np.asarray(page.databytecounts, dtype=np.int64)
         self._tables = page.jpegtables
         self._decode = page.decode
+        self._colorspace = jpeg_decode_colorspace(int(page.photometric), int(page.planarconfig),
+                                                  tuple(page.extrasamples), bool(page.is_jfif))
         self._fd = os.open(self.path, os.O_RDONLY)
         self.decode_count = 0
         self._dct_ok: bool | None = None
+        self._direct_ok: bool | None = None
 
     def _find_page(self, size_px: tuple[int, int]):
         for page in self._tif.pages:
@@ -110,8 +115,19 @@ class TiffLevelSource:
         return self._decode_scaled(data, scale)
 
     def _decode_full(self, data: bytes, index: int) -> np.ndarray:
-        tile = self._decode(data, index, jpegtables=self._tables)[0]  # (1, H, W, 3)
-        return tile[0]
+        if self._direct_ok is None:  # imagecodecs directly (no tifffile wrapper), checked once
+            ref = self._decode(data, index, jpegtables=self._tables)[0][0]
+            mine = self._decode_direct(data)
+            self._direct_ok = mine.shape == ref.shape and bool(np.array_equal(mine, ref))
+            return ref
+        if self._direct_ok:
+            return self._decode_direct(data)
+        return self._decode(data, index, jpegtables=self._tables)[0][0]  # (H, W, 3)
+
+    def _decode_direct(self, data: bytes) -> np.ndarray:
+        colorspace, outcolorspace = self._colorspace
+        return imagecodecs.jpeg8_decode(data, tables=self._tables, colorspace=colorspace,
+                                        outcolorspace=outcolorspace)
 
     def _jpeg_stream(self, data: bytes) -> bytes:
         transform = 0 if int(self.page.photometric) == PHOTOMETRIC_RGB else 1
@@ -121,7 +137,10 @@ class TiffLevelSource:
     def _decode_scaled(self, data: bytes, scale: int) -> np.ndarray:
         im = Image.open(io.BytesIO(self._jpeg_stream(data)))
         im.draft("RGB", (self.tile_w_px // scale, self.tile_h_px // scale))
-        return np.asarray(im.convert("RGB"))
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        # tobytes + frombuffer: one copy (np.asarray(im) makes two)
+        return np.frombuffer(im.tobytes(), np.uint8).reshape(im.size[1], im.size[0], 3)
 
     def dct_scaling_supported(self) -> bool:
         """Whether Pillow decodes this page's tiles exactly like tifffile (checked once)."""
@@ -133,7 +152,8 @@ class TiffLevelSource:
                 try:
                     ref = self._decode_full(data, int(index))
                     im = Image.open(io.BytesIO(self._jpeg_stream(data)))
-                    mine = np.asarray(im.convert("RGB"))
+                    im.load()
+                    mine = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
                     self._dct_ok = mine.shape == ref.shape and bool(np.array_equal(mine, ref))
                 except Exception:  # noqa: BLE001 - any Pillow failure just disables scaling
                     self._dct_ok = False

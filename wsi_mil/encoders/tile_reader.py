@@ -32,6 +32,7 @@ right/bottom so batches have one shape.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +63,64 @@ class TilePlan:
     size_out: np.ndarray     # (N, 2) tile (w, h) get_tile returns
 
 
-def plan_tiles(osr: openslide.OpenSlide, coords: np.ndarray, tile_size: int) -> TilePlan:
-    """The read_region arguments and output size of every coords row (get_tile's own maths)."""
-    dz = DeepZoomGenerator(osr, tile_size=tile_size, overlap=0, limit_bounds=False)
+def _plan_loop(dz: DeepZoomGenerator, coords: np.ndarray) -> tuple[np.ndarray, ...]:
+    """get_tile's own methods, one call per tile (reference for the vectorised plan)."""
     n = len(coords)
-    level = np.zeros(n, np.int64)
-    xy0 = np.zeros((n, 2), np.int64)
-    size_l = np.zeros((n, 2), np.int64)
-    size_z = np.zeros((n, 2), np.int64)
-    for i, (dz_level, col, row) in enumerate(np.asarray(coords, dtype=np.int64)):
+    level, xy0 = np.zeros(n, np.int64), np.zeros((n, 2), np.int64)
+    size_l, size_z = np.zeros((n, 2), np.int64), np.zeros((n, 2), np.int64)
+    for i, (dz_level, col, row) in enumerate(coords):
         (l0, lev, lsize) = dz.get_tile_coordinates(int(dz_level), (int(col), int(row)))
         size_z[i] = dz.get_tile_dimensions(int(dz_level), (int(col), int(row)))
         level[i], xy0[i], size_l[i] = lev, l0, lsize
+    return level, xy0, size_l, size_z
+
+
+def _plan_vectorised(osr: openslide.OpenSlide, coords: np.ndarray, tile_size: int
+                     ) -> tuple[np.ndarray, ...]:
+    """DeepZoomGenerator._get_tile_info (overlap 0, limit_bounds False) in numpy, same floats."""
+    z_size = tuple(osr.dimensions)
+    z_dims = [z_size]
+    while z_size[0] > 1 or z_size[1] > 1:
+        z_size = tuple(max(1, math.ceil(z / 2)) for z in z_size)
+        z_dims.append(z_size)
+    z_dims = np.array(z_dims[::-1], np.int64)                       # (L, 2)
+    n_levels = len(z_dims)
+    l0_z_ds = [2 ** (n_levels - d - 1) for d in range(n_levels)]
+    slide_level = np.array([osr.get_best_level_for_downsample(d) for d in l0_z_ds], np.int64)
+    level_ds = np.asarray(osr.level_downsamples, np.float64)
+    l_z_ds = np.array([l0_z_ds[d] / level_ds[slide_level[d]] for d in range(n_levels)])
+    l_dims = np.asarray(osr.level_dimensions, np.int64)
+    d, t = coords[:, 0], coords[:, 1:]                                # (N,), (N, 2)
+    level = slide_level[d]
+    size_z = np.minimum(tile_size, z_dims[d] - tile_size * t)
+    l_loc = l_z_ds[d][:, None] * (tile_size * t)
+    xy0 = np.floor(level_ds[level][:, None] * l_loc).astype(np.int64)
+    size_l = np.minimum(np.ceil(l_z_ds[d][:, None] * size_z), l_dims[level] - np.ceil(l_loc))
+    return level, xy0, size_l.astype(np.int64), size_z
+
+
+def plan_tiles(osr: openslide.OpenSlide, coords: np.ndarray, tile_size: int) -> TilePlan:
+    """The read_region arguments and output size of every coords row (get_tile's own maths).
+
+    Computed in numpy; checked against DeepZoomGenerator's methods on a sample of
+    tiles, with a per-tile fallback if they ever disagree.
+    """
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
+    dz = DeepZoomGenerator(osr, tile_size=tile_size, overlap=0, limit_bounds=False)
+    bad = ((coords[:, 0] < 0) | (coords[:, 0] >= dz.level_count)).any()
+    if not bad and len(coords):
+        tiles = np.asarray(dz.level_tiles, np.int64)[coords[:, 0]]
+        bad = ((coords[:, 1:] < 0) | (coords[:, 1:] >= tiles)).any()
+    if bad:
+        raise ConfigError(f"coords outside the DeepZoom grid of {osr!r} with tile_size "
+                          f"{tile_size} (was the slide re-tiled with other parameters?)")
+    planned = _plan_vectorised(osr, coords, tile_size)
+    check = np.unique(np.r_[0:min(8, len(coords)), len(coords) - 1:len(coords)])
+    if len(coords) and not all(np.array_equal(a[check], b) for a, b in
+                               zip(planned, _plan_loop(dz, coords[check]), strict=True)):
+        logger.warning("vectorised DeepZoom plan disagrees with openslide; planning per tile")
+        planned = _plan_loop(dz, coords)
+    level, xy0, size_l, size_z = planned
     ds = np.asarray(osr.level_downsamples, dtype=np.float64)[level]
     return TilePlan(level, xy0 / ds[:, None], xy0, size_l, size_z)
 
@@ -205,6 +252,7 @@ class TileReader:
     def _iter_tiff(self, src: TiffLevelSource, idx: np.ndarray
                    ) -> Iterator[tuple[int, np.ndarray]]:
         cache: dict[tuple[int, int, int], np.ndarray] = {}
+        oldest_row = -1
         k = self._level_factor(idx)
         dct_scale = 1
         if (self.resample == "dct" and k in (2, 4, 8) and src.tile_w_px % k == 0
@@ -220,8 +268,10 @@ class TileReader:
             w, h = (int(v) for v in self.plan.size_level[i])
             scale = dct_scale if x % dct_scale == 0 and y % dct_scale == 0 else 1
             first_row = y // src.tile_h_px
-            for key in [key for key in cache if key[0] < first_row]:
-                del cache[key]
+            if first_row > oldest_row:  # raster order: rows above are never needed again
+                for key in [key for key in cache if key[0] < first_row]:
+                    del cache[key]
+                oldest_row = first_row
             region = self._assemble(src, cache, x, y, w, h, scale)
             if scale > 1 and (w % scale or h % scale):
                 # Edge tile: get_tile maps w level px onto size_out; do the same from the

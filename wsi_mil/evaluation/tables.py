@@ -1,6 +1,8 @@
-"""Write result DataFrames as CSV + markdown (atomically), and summarise over seeds.
+"""Tile-level result tables: written by the slide-level results machinery, summarised over seeds.
 
-No ``tabulate`` dependency: the markdown writer is a few lines here.
+:func:`write_table` is :func:`wsi_mil.evaluation.results.write_results`
+(``<stem>.csv`` + ``<stem>.md``, atomic), so tile-level and slide-level tables
+look the same.
 """
 from __future__ import annotations
 
@@ -10,34 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsi_mil.io.atomic import atomic_path, write_text_atomic
 
+def write_table(df: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>.csv`` and ``<stem>.md`` (folders created); return both paths."""
+    from wsi_mil.evaluation.results import write_results
 
-def _cell(value: object, floatfmt: str) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "" if np.isnan(value) else format(float(value), floatfmt)
-    return str(value).replace("|", "\\|")
-
-
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A GitHub markdown table of ``df`` (index dropped), floats formatted with ``floatfmt``."""
-    header = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_table(df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".4f") -> tuple[Path, Path]:
-    """Write ``<stem>.csv`` and ``<stem>.md``; return both paths."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    csv_path = stem.with_name(stem.name + ".csv")
-    md_path = stem.with_name(stem.name + ".md")
-    with atomic_path(csv_path) as tmp:
-        df.to_csv(tmp, index=False)
-    write_text_atomic(md_path, to_markdown(df, floatfmt))
-    return csv_path, md_path
+    return write_results(df, stem)
 
 
 def summarise_over_seeds(

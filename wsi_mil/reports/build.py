@@ -45,8 +45,8 @@ def results_table(runs: Sequence[RunData]) -> pd.DataFrame:
         if isinstance(summary.get("ci95"), dict):
             summary.setdefault("ci95_low", summary["ci95"].get("low"))
             summary.setdefault("ci95_high", summary["ci95"].get("high"))
-        if run.task_name:
-            summary.setdefault("task_name", run.task_name)
+        if run.config.get("task_name"):
+            summary.setdefault("task_name", run.config["task_name"])
         row = {key: summary[key] for key in RESULT_COLUMNS if key in summary}
         row["model"] = row.get("model") or run.head
         for name, values in (summary.get("other_metrics") or {}).items():

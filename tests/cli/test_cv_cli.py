@@ -48,6 +48,7 @@ def test_slides_without_features_exit_with_a_named_error(synth, tmp_path, capsys
     assert "MissingFeaturesError" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_joblib_multirun_over_two_heads(synth, tmp_path):
     out = tmp_path / "runs"

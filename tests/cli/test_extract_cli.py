@@ -126,10 +126,20 @@ def test_tile_features_made_with_another_encoder_are_not_reused(tile_folder, vit
         run_tile_extraction(tile_folder, tmp_path, features_dtype="float16", **kw)
 
 
-def test_reference_tools_entry_points_show_the_stage_options():
-    for script, key in (("extract_slide_features.py", "coords_dir"),
-                        ("extract_tile_features.py", "dataset")):
-        proc = subprocess.run([sys.executable, str(REPO / "tools" / "extract_features" / script),
-                               "--help"], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        assert key in proc.stdout
+def test_the_reference_tools_script_runs_the_extract_section_of_conf_yaml(tiled, vit,
+                                                                         tmp_path):
+    args = [f"++extract.{a}" for a in _overrides(tiled, vit, tmp_path)]  # ++: add or set
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "extract_features" /
+                                               "extract_slide_features.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "timm_vit_small_patch16_224" / "mpp0.50_px224"
+    assert read_features(out / "cmu.h5").features.shape == (8, 32)
+
+
+def test_the_reference_tile_tools_script_knows_the_extract_tiles_section():
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "extract_features" /
+                                               "extract_tile_features.py"), "--cfg", "job"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "extract_tiles:" in proc.stdout

@@ -1,8 +1,8 @@
-"""Reference entry point: ``python tools/extract_features/extract_slide_features.py k=v ...``.
+"""Reference path of `wsi-mil extract`: runs the `extract:` section of the top-level conf.yaml.
 
-Same options as ``wsi-mil extract`` (wsi_mil/conf/extract.yaml).
+    python tools/extract_features/extract_slide_features.py extract.<key>=<value> ...
 """
-from wsi_mil.cli.extract import main
+from wsi_mil.cli.project import project_main
 
 if __name__ == "__main__":
-    main()
+    project_main("extract", __file__)

@@ -1,8 +1,8 @@
-"""Reference entry point: ``python tools/extract_features/extract_tile_features.py k=v ...``.
+"""Reference path of `wsi-mil extract-tiles`: runs the `extract_tiles:` section of the top-level conf.yaml.
 
-Same options as ``wsi-mil extract-tiles`` (wsi_mil/conf/extract_tiles.yaml).
+    python tools/extract_features/extract_tile_features.py extract_tiles.<key>=<value> ...
 """
-from wsi_mil.cli.extract_tiles import main
+from wsi_mil.cli.project import project_main
 
 if __name__ == "__main__":
-    main()
+    project_main("extract_tiles", __file__)

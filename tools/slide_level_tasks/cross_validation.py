@@ -1,8 +1,8 @@
-"""Reference entry point: ``python tools/slide_level_tasks/cross_validation.py key=value ...``.
+"""Reference path of `wsi-mil cv`: runs the `cv:` section of the top-level conf.yaml.
 
-Same as ``wsi-mil cv`` (config: wsi_mil/conf/cv.yaml).
+    python tools/slide_level_tasks/cross_validation.py cv.<key>=<value> ...
 """
-from wsi_mil.cli.cv import main
+from wsi_mil.cli.project import project_main
 
 if __name__ == "__main__":
-    main()
+    project_main("cv", __file__)

@@ -1,8 +1,8 @@
-"""Reference entry point: ``python tools/slide_level_tasks/get_results.py runs_dir=<dir>``.
+"""Reference path of `wsi-mil results`: runs the `results:` section of the top-level conf.yaml.
 
-Same as ``wsi-mil results`` (config: wsi_mil/conf/results.yaml).
+    python tools/slide_level_tasks/get_results.py results.<key>=<value> ...
 """
-from wsi_mil.cli.results import main
+from wsi_mil.cli.project import project_main
 
 if __name__ == "__main__":
-    main()
+    project_main("results", __file__)

@@ -1,9 +1,8 @@
-"""Reference entry point: ``python tools/tile_level_tasks/linear_evaluation.py key=value ...``.
+"""Reference path of `wsi-mil linear-probe`: runs the `linear_probe:` section of the top-level conf.yaml.
 
-Same as ``wsi-mil linear-probe`` (config: wsi_mil/conf/linear_probe.yaml); the
-reference's protocol is ``protocol=reference portions=[0.001,0.005,0.01,0.05,0.1,0.5,1.0]``.
+    python tools/tile_level_tasks/linear_evaluation.py linear_probe.<key>=<value> ...
 """
-from wsi_mil.cli.linear_probe import main
+from wsi_mil.cli.project import project_main
 
 if __name__ == "__main__":
-    main()
+    project_main("linear_probe", __file__)

@@ -1,0 +1,54 @@
+"""Entry points of ``tools/``: the reference's script paths, driven by the top-level ``conf.yaml``.
+
+``python tools/extract_features/extract_slide_features.py extract.encoder=uni`` reads the
+``extract:`` section of ``conf.yaml`` (your paths), merges it over the package defaults of
+the stage (``wsi_mil/conf/extract.yaml``) and runs the same ``run(cfg)`` as
+``wsi-mil extract``. Overrides address the section: ``cv.model=chowder``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from wsi_mil.cli.common import exit_on_error, load_stage_config
+
+# stage -> (cli module, conf.yaml section)
+STAGES = {
+    "tile": ("wsi_mil.cli.tile", "tile"),
+    "extract": ("wsi_mil.cli.extract", "extract"),
+    "extract_tiles": ("wsi_mil.cli.extract_tiles", "extract_tiles"),
+    "cv": ("wsi_mil.cli.cv", "cv"),
+    "results": ("wsi_mil.cli.results", "results"),
+    "linear_probe": ("wsi_mil.cli.linear_probe", "linear_probe"),
+}
+
+
+def find_project_config(start: str | Path) -> Path:
+    """The folder holding ``conf.yaml``: ``$WSI_MIL_CONF_DIR``, else the first parent of ``start``."""
+    if os.environ.get("WSI_MIL_CONF_DIR"):
+        return Path(os.environ["WSI_MIL_CONF_DIR"]).resolve()
+    for folder in Path(start).resolve().parents:
+        if (folder / "conf.yaml").exists():
+            return folder
+    return Path.cwd()
+
+
+def project_main(stage: str, script: str | None = None) -> None:
+    """Run ``stage`` from the ``<stage>:`` section of the project ``conf.yaml``."""
+    module_name, section = STAGES[stage]
+    config_dir = find_project_config(script or sys.argv[0])
+
+    @hydra.main(version_base=None, config_path=str(config_dir), config_name="conf")
+    @exit_on_error
+    def _main(cfg: DictConfig) -> None:
+        stage_cfg = load_stage_config(stage, cfg.get(section) or OmegaConf.create({}))
+        code = importlib.import_module(module_name).run(stage_cfg)
+        if code:
+            sys.exit(code)
+
+    _main()

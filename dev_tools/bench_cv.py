@@ -161,6 +161,10 @@ def main() -> None:
                 run_epochs = args.measure_epochs or args.epochs
                 scale = args.epochs / run_epochs
                 params = FitParams(model, lr=1e-3, epochs=run_epochs, batch_size=16, n_tiles=args.tiles)
+                warm = FitParams(model, lr=1e-3, epochs=1, batch_size=2, n_tiles=args.tiles)
+                Parallel(n_jobs=args.n_jobs, backend=args.backend)(  # imports, allocator, page cache
+                    delayed(_timed_fit)(store, targets, fold.train[:4], None, warm, threads)
+                    for _ in range(args.n_jobs))
                 inner = Parallel(n_jobs=args.n_jobs, backend=args.backend)(
                     delayed(_timed_fit)(store, targets, tr, va, params, threads)
                     for tr, va in fold.inner[: args.n_jobs]

@@ -1,6 +1,6 @@
 """End-to-end extraction tiles/s against reader-only and encoder-only, in the same run.
 
-Usage: python dev_tools/bench_extraction.py [--cache-dir DIR] [--n-tiles 384]
+Usage: python dev_tools/bench_extraction.py [--cache-dir DIR] [--n-tiles 256] [--repeats 2]
                                             [--batch-size 32] [--num-workers 1]
 
 Encoder: timm ``vit_small_patch16_224`` at random init (saved once as a local
@@ -11,6 +11,7 @@ of the 40,000 x 30,000 synthetic 40x slide of ``bench_reader.py`` (same cache).
 - reader-only: the extraction DataLoader (same workers, batches) drained without encoding;
 - encoder-only: preprocess + forward on tiles already in memory;
 - end-to-end: ``run_extraction`` (planning, reading, encoding, writing the h5).
+Encoder-only and end-to-end runs alternate (``--repeats``); medians are compared.
 Prints tiles/s and end-to-end / min(reader, encoder) (target >= 0.9).
 """
 from __future__ import annotations
@@ -56,10 +57,11 @@ def vit_weights(cache: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache-dir", default="/tmp/wsi_mil_bench_extract")
-    ap.add_argument("--n-tiles", type=int, default=384)
+    ap.add_argument("--n-tiles", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs (median)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,27 +84,38 @@ def main() -> None:
     reader_tps = n / (time.perf_counter() - t0)
     tiles = torch.cat(tiles)  # (N, T, T, 3) uint8
 
-    with torch.inference_mode():
-        encoder(encoder.preprocess(tiles[:2]))  # warm-up
-        t0 = time.perf_counter()
-        for start in range(0, n, args.batch_size):
-            encoder(encoder.preprocess(tiles[start:start + args.batch_size]))
-        encoder_tps = n / (time.perf_counter() - t0)
-
     from wsi_mil.pipeline.extract_stage import run_extraction
 
+    def encoder_only() -> float:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for start in range(0, n, args.batch_size):
+                encoder(encoder.preprocess(tiles[start:start + args.batch_size]))
+            return n / (time.perf_counter() - t0)
+
+    def end_to_end(tmp: Path) -> float:
+        t0 = time.perf_counter()
+        result = run_extraction(table, tiling, tmp / "features", encoder=encoder,
+                                batch_size=args.batch_size, num_workers=args.num_workers,
+                                device="cpu", overwrite=True)
+        assert result.counts["done"] == 1, result
+        return n / (time.perf_counter() - t0)
+
+    with torch.inference_mode():
+        encoder(encoder.preprocess(tiles[:2]))  # warm-up
+    enc_runs, e2e_runs = [], []
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         tiling = Path(tmp) / "mpp0.50_px224"
         write_coords(tiling / "coords" / "bench.h5", coords, coords[:, 1:] * TILE * 2,
                      {"tile_size": TILE, "target_mpp": 0.5, "slide_mpp": 0.25,
                       "dz_level": int(coords[0, 0])})
         table = pd.DataFrame({"slide_id": ["bench"], "path": [str(slide)], "mpp": [np.nan]})
-        t0 = time.perf_counter()
-        result = run_extraction(table, tiling, Path(tmp) / "features", encoder=encoder,
-                                batch_size=args.batch_size, num_workers=args.num_workers,
-                                device="cpu")
-        e2e_tps = n / (time.perf_counter() - t0)
-        assert result.counts["done"] == 1, result
+        for _ in range(args.repeats):  # alternate, so a change of machine load hits both
+            enc_runs.append(encoder_only())
+            e2e_runs.append(end_to_end(Path(tmp)))
+    encoder_tps, e2e_tps = float(np.median(enc_runs)), float(np.median(e2e_runs))
+    print("encoder-only runs:", " ".join(f"{v:.1f}" for v in enc_runs),
+          "| end-to-end runs:", " ".join(f"{v:.1f}" for v in e2e_runs))
     slower = min(reader_tps, encoder_tps)
     print(f"reader-only {reader_tps:8.1f} tiles/s | encoder-only {encoder_tps:8.1f} tiles/s | "
           f"end-to-end {e2e_tps:8.1f} tiles/s | end-to-end / slower = {e2e_tps / slower:4.2f} "

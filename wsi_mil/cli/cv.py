@@ -68,6 +68,11 @@ def run(cfg: DictConfig) -> int:
         del store
         if memmap is not None:
             memmap.unlink(missing_ok=True)
+    if cfg.get("report", True):
+        from wsi_mil.reports import make_report
+
+        make_report(run_dir, features_dir=str(cfg.features_dir), slides=cfg.get("slides"),
+                    coords_dir=cfg.get("coords_dir"), n_heatmaps=int(cfg.get("n_heatmaps", 2)))
     return 0
 
 

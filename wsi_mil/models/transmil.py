@@ -131,7 +131,9 @@ class TransMIL(MILHead):
         n_real = mask.sum(dim=1).tolist()  # B ints
         sides = [math.isqrt(n - 1) + 1 for n in n_real]  # S = ceil(sqrt(n))
         order, outs = [], []
-        scores = torch.full(mask.shape, math.nan, device=x.device) if with_scores else None
+        scores = None
+        if with_scores:
+            scores = torch.full(mask.shape, math.nan, dtype=h.dtype, device=x.device)  # (B, N)
         for side in sorted(set(sides)):
             idx = [b for b, s in enumerate(sides) if s == side]
             seq = torch.stack([_square(h[b][mask[b]], side) for b in idx])  # (G, S*S, P)

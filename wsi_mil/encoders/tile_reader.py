@@ -260,14 +260,14 @@ class TileReader:
         if (self.resample == "dct" and k in (2, 4, 8) and src.tile_w_px % k == 0
                 and src.tile_h_px % k == 0 and src.dct_scaling_supported()):
             dct_scale = k
-        for i in idx:
-            xy = self.plan.xy_level[i]
-            x, y = int(round(xy[0])), int(round(xy[1]))
-            if abs(xy[0] - x) > 1e-6 or abs(xy[1] - y) > 1e-6:
-                # OpenSlide resamples sub-pixel offsets; let it do so.
+        sub = np.abs(self.plan.xy_level[idx] - np.round(self.plan.xy_level[idx])) > 1e-6
+        rows = zip(idx.tolist(), np.round(self.plan.xy_level[idx]).astype(np.int64).tolist(),
+                   self.plan.size_level[idx].tolist(), self.plan.size_out[idx].tolist(),
+                   sub.any(axis=1).tolist(), strict=True)
+        for i, (x, y), (w, h), size_out, subpixel in rows:  # plain ints: a fast loop
+            if subpixel:  # OpenSlide resamples sub-pixel offsets; let it do so
                 yield from self._iter_openslide(np.array([i]))
                 continue
-            w, h = (int(v) for v in self.plan.size_level[i])
             scale = dct_scale if x % dct_scale == 0 and y % dct_scale == 0 else 1
             first_row = y // src.tile_h_px
             if first_row > oldest_row:  # raster order: rows above are never needed again
@@ -279,12 +279,13 @@ class TileReader:
                 # Edge tile: get_tile maps w level px onto size_out; do the same from the
                 # scaled region, whose last pixel is partly outside the level.
                 tile = np.asarray(Image.fromarray(region).resize(
-                    tuple(int(v) for v in self.plan.size_out[i]), Image.Resampling.LANCZOS,
-                    box=(0, 0, w / scale, h / scale)))
+                    tuple(size_out), Image.Resampling.LANCZOS, box=(0, 0, w / scale, h / scale)))
+            elif region.shape[1] == size_out[0] and region.shape[0] == size_out[1]:
+                tile = region
             else:
-                tile = _shrink(region, self.plan.size_out[i],
+                tile = _shrink(region, np.asarray(size_out),
                                "box" if self.resample == "dct" else self.resample)
-            yield int(i), _pad(tile, self.tile_size)
+            yield i, _pad(tile, self.tile_size)
 
     @staticmethod
     def _assemble(src: TiffLevelSource, cache: dict, x: int, y: int, w: int, h: int,

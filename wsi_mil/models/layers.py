@@ -66,8 +66,9 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x (B, N, D)`` over the real tiles of each bag -> ``(B, D)``."""
-    m = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
-    return (x * m).sum(dim=1) / m.sum(dim=1)  # (B, D)
+    m = mask.to(x.dtype)  # (B, N)
+    total = torch.einsum("bn,bnd->bd", m, x)  # (B, D), no (B, N, D) temporary
+    return total / m.sum(dim=1, keepdim=True)  # (B, D)
 
 
 class GatedAttention(nn.Module):

@@ -114,9 +114,17 @@ def test_killing_mid_run_then_rerunning_gives_the_files_of_an_uninterrupted_run(
     assert ledger.counts()["skipped"] >= n_before
 
 
-def test_tools_entry_point_shows_the_options():
+def test_tools_entry_point_shows_the_project_config_section():
     tool = Path(__file__).parents[2] / "tools" / "tile_slides" / "tile_slides.py"
     result = subprocess.run([sys.executable, str(tool), "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0
-    assert "target_mpp" in result.stdout and "min_tissue" in result.stdout
+    assert "tile:" in result.stdout and "target_mpp" in result.stdout
+
+
+def test_cli_help_lists_every_tiling_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tile", "--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "target_mpp" in out and "min_tissue" in out

@@ -104,7 +104,13 @@ def test_a_missing_relative_checkpoint_path_is_not_mistaken_for_a_hub_id():
 
 
 def test_the_static_name_table_matches_what_the_family_modules_register():
-    from wsi_mil.encoders.registry import ENCODERS, FAMILY_OF, PREFIX_OF, PREFIXES, import_all_families
+    from wsi_mil.encoders.registry import (
+        ENCODERS,
+        FAMILY_OF,
+        PREFIX_OF,
+        PREFIXES,
+        import_all_families,
+    )
 
     import_all_families()
     assert set(ENCODERS.list()) == set(FAMILY_OF)

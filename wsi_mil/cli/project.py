@@ -7,9 +7,11 @@ the stage (``wsi_mil/conf/extract.yaml``) and runs the same ``run(cfg)`` as
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -38,10 +40,27 @@ def find_project_config(start: str | Path) -> Path:
     return Path.cwd()
 
 
+def _isolated_config_dir(conf_file: Path) -> Path:
+    """A folder holding only a link to ``conf_file``.
+
+    Hydra scans its whole config folder (``--help`` lists config groups), and the
+    project root may hold a virtual environment of several GB.
+    """
+    key = hashlib.sha1(str(conf_file).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"wsi_mil_conf_{key}"
+    folder.mkdir(exist_ok=True)
+    link = folder / "conf.yaml"
+    try:
+        link.symlink_to(conf_file)
+    except FileExistsError:
+        pass
+    return folder
+
+
 def project_main(stage: str, script: str | None = None) -> None:
     """Run ``stage`` from the ``<stage>:`` section of the project ``conf.yaml``."""
     module_name, section = STAGES[stage]
-    config_dir = find_project_config(script or sys.argv[0])
+    config_dir = _isolated_config_dir(find_project_config(script or sys.argv[0]) / "conf.yaml")
 
     @hydra.main(version_base=None, config_path=str(config_dir), config_name="conf")
     @exit_on_error

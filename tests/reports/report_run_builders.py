@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from wsi_mil.io.coords import write_coords
+
 IN_DIM = 8
 TILE_PX = 224
 SLIDE_W, SLIDE_H = 1536, 1024
@@ -183,12 +185,10 @@ def write_tiling_and_features(root: Path, rng: np.random.Generator) -> TilingDat
 
     for i in range(N_SLIDES):
         slide_id = f"s{i:02d}"
-        with h5py.File(coords_dir / f"{slide_id}.h5", "w") as f:
-            f["coords"] = coords
-            f["coords_level0"] = coords_level0
-            f.attrs.update({"tile_size": TILE_PX, "target_mpp": 0.5, "slide_mpp": 0.5,
-                            "downsample": 1.0, "slide_path": str(slide_path),
-                            "slide_width": SLIDE_W, "slide_height": SLIDE_H})
+        write_coords(coords_dir / f"{slide_id}.h5", coords, coords_level0,
+                     {"tile_size": TILE_PX, "target_mpp": 0.5, "slide_mpp": 0.5, "dz_level": 11,
+                      "downsample": 1.0, "slide_path": str(slide_path),
+                      "slide_width": SLIDE_W, "slide_height": SLIDE_H})
         with h5py.File(features_dir / f"{slide_id}.h5", "w") as f:
             f["features"] = rng.normal(0, 1, (len(coords), IN_DIM)).astype(np.float16)
             f["coords"] = coords

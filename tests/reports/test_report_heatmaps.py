@@ -10,12 +10,12 @@ from report_run_builders import (
     model_factory,
 )
 
+from wsi_mil.io.feature_sources import read_slide_bag
 from wsi_mil.reports.heatmaps import make_heatmaps, plot_heatmap, score_overlay, select_slides
 from wsi_mil.reports.runs import read_run
 from wsi_mil.reports.tile_scores import (
     compute_tile_scores,
     load_fold_model,
-    read_bag,
     read_thumbnail,
     tile_size_level0_px,
 )
@@ -57,7 +57,7 @@ def test_top_and_lowest_scored_slides_are_selected_from_one_repeat(tmp_path, rng
 def test_fold_model_tile_scores_on_a_feature_bag(tmp_path, rng, tiling):
     run = read_run(make_binary_run(tmp_path / "abmil", rng))
     model = load_fold_model(run.model_path(0, 1), factory=model_factory())
-    bag = read_bag(tiling.features_dir / "s00.h5")
+    bag = read_slide_bag(tiling.features_dir / "s00.h5")
     scores = compute_tile_scores(model, bag.features)
     assert scores.shape == (len(bag.coords_level0),) and np.isfinite(scores).all()
     assert tile_size_level0_px(bag.coords_level0, bag.attrs) == TILE_PX

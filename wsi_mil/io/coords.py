@@ -23,6 +23,7 @@ import numpy as np
 
 from wsi_mil.errors import FileFormatError
 from wsi_mil.io.atomic import atomic_path
+from wsi_mil.io.h5attrs import read_h5_attrs, to_h5_attr
 from wsi_mil.version import __version__
 
 REQUIRED_ATTRS = ("tile_size", "target_mpp", "slide_mpp", "dz_level")
@@ -50,16 +51,6 @@ def _check_arrays(coords: np.ndarray, coords_level0: np.ndarray, where: str) -> 
                               "coords_level0 rows")
 
 
-def _h5_attr(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def write_coords(path: str | Path, coords: np.ndarray, coords_level0: np.ndarray,
                  attrs: dict[str, Any]) -> None:
     """Write a coords h5 atomically (temp file, then rename); adds ``wsi_mil_version``."""
@@ -72,15 +63,7 @@ def write_coords(path: str | Path, coords: np.ndarray, coords_level0: np.ndarray
             f.create_dataset("coords_level0", data=coords_level0)
             f.attrs["wsi_mil_version"] = __version__
             for key, value in attrs.items():
-                f.attrs[key] = _h5_attr(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+                f.attrs[key] = to_h5_attr(value)
 
 
 def read_coords(path: str | Path) -> CoordsFile:
@@ -94,7 +77,7 @@ def read_coords(path: str | Path) -> CoordsFile:
                                       f"(found {sorted(f.keys())})")
             coords = np.asarray(f["coords"][()], dtype=np.int64)
             coords_level0 = np.asarray(f["coords_level0"][()], dtype=np.int64)
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = read_h5_attrs(f)
     except OSError as err:
         raise FileFormatError(f"{path}: cannot read coords h5: {err}") from err
     _check_arrays(coords, coords_level0, str(path))

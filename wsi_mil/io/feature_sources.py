@@ -13,12 +13,15 @@ Formats (``source``):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from wsi_mil.errors import FileFormatError
+from wsi_mil.io.h5attrs import read_h5_attrs
 
 SOURCES = ("wsi_mil", "reference", "trident")
 _REF_META_COLS = 3
@@ -107,3 +110,32 @@ def read_slide_features(
         ds = _h5_features(f, path)
         arr = ds[0] if ds.ndim == 3 else ds[()]
     return arr
+
+
+@dataclass
+class SlideBag:
+    """One slide's tile features and where the tiles are (level-0 pixels)."""
+
+    slide_id: str
+    features: np.ndarray       # (N, D) float32
+    coords_level0: np.ndarray  # (N, 2) int64, top-left (x, y)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def read_slide_bag(path: str | Path) -> SlideBag:
+    """Features and level-0 tile positions from our h5 (``coords_level0``) or a
+    TRIDENT / CLAM h5 (``coords`` (N, 2) = level-0 x, y)."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        ds = _h5_features(f, path)
+        features = np.asarray(ds[0] if ds.ndim == 3 else ds[()], dtype=np.float32)
+        if "coords_level0" in f:
+            coords = np.asarray(f["coords_level0"][()], dtype=np.int64)
+        elif "coords" in f and f["coords"].shape[-1] == 2:
+            coords = np.asarray(f["coords"][()], dtype=np.int64).reshape(-1, 2)
+        else:
+            raise FileFormatError(f"{path} has no level-0 tile coordinates (coords_level0)")
+        attrs = read_h5_attrs(f)
+    if len(features) != len(coords):
+        raise FileFormatError(f"{path}: features {features.shape} do not match coords {coords.shape}")
+    return SlideBag(slide_id=path.stem, features=features, coords_level0=coords, attrs=attrs)

@@ -17,7 +17,6 @@ Every write is atomic (temporary file + rename).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from wsi_mil.errors import FileFormatError
 from wsi_mil.io.atomic import atomic_path
+from wsi_mil.io.h5attrs import read_h5_attrs, to_h5_attr
 
 FEATURE_DTYPES = ("float16", "float32")
 TILE_FEATURES = "tile_features.npy"
@@ -45,26 +45,6 @@ class FeatureFile:
 def coords_sha1(coords: np.ndarray) -> str:
     """Fingerprint of a coords array (tells a re-tiled slide from the same tiling)."""
     return hashlib.sha1(np.ascontiguousarray(coords, dtype=np.int64).tobytes()).hexdigest()
-
-
-def _attr_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    if isinstance(value, (list, tuple)):
-        return np.asarray(value, dtype=np.float64)
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray,
@@ -87,7 +67,7 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray,
         f.create_dataset("coords", data=coords)
         f.create_dataset("coords_level0", data=coords_level0)
         for key, value in attrs.items():
-            f.attrs[key] = _attr_value(value)
+            f.attrs[key] = to_h5_attr(value)
         f.attrs["features_dtype"] = dtype
     return path
 
@@ -96,7 +76,7 @@ def read_feature_attrs(path: str | Path) -> dict[str, Any]:
     """Only the attrs of an h5 feature file (cheap; used to decide on resume)."""
     try:
         with h5py.File(path, "r") as f:
-            return {k: _plain(v) for k, v in f.attrs.items()}
+            return read_h5_attrs(f)
     except OSError as err:
         raise FileFormatError(f"{path} is not a readable h5 feature file: {err}") from err
 
@@ -113,7 +93,7 @@ def read_features(path: str | Path) -> FeatureFile:
             return FeatureFile(
                 features=f["features"][()], coords=f["coords"][()].astype(np.int64),
                 coords_level0=f["coords_level0"][()].astype(np.int64),
-                attrs={k: _plain(v) for k, v in f.attrs.items()},
+                attrs=read_h5_attrs(f),
             )
     except OSError as err:
         raise FileFormatError(f"{path} is not a readable h5 feature file: {err}") from err

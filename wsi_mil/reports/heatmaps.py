@@ -21,6 +21,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.io.coords import read_coords
+from wsi_mil.io.feature_sources import read_slide_bag
 from wsi_mil.io.paths import coords_path, features_path, safe_name
 from wsi_mil.reports.figures import new_figure, save_figure
 from wsi_mil.reports.runs import TASK_SURVIVAL, RunData, class_score_columns
@@ -28,8 +30,6 @@ from wsi_mil.reports.tile_scores import (
     ModelFactory,
     compute_tile_scores,
     load_fold_model,
-    read_bag,
-    read_coords_attrs,
     read_thumbnail,
     slide_paths,
     tile_size_level0_px,
@@ -176,7 +176,7 @@ def make_heatmaps(run: RunData, features_dir: str | Path, output_dir: str | Path
                 skipped.append(f"{where}: no feature file {feat_path}")
                 continue
             coords_file = _find_coords(coords_dir, slide_id)
-            coords_attrs = read_coords_attrs(coords_file) if coords_file else {}
+            coords_attrs = read_coords(coords_file).attrs if coords_file else {}
             if slide_id in paths:
                 slide_path, mpp = paths[slide_id]
             elif coords_attrs.get("slide_path"):
@@ -186,7 +186,7 @@ def make_heatmaps(run: RunData, features_dir: str | Path, output_dir: str | Path
                 continue
             if model_path not in models:
                 models[model_path] = load_fold_model(model_path, factory=model_factory)
-            bag = read_bag(feat_path)
+            bag = read_slide_bag(feat_path)
             scores = compute_tile_scores(models[model_path], bag.features)
             tile_px = tile_size_level0_px(bag.coords_level0, coords_attrs, bag.attrs)
             thumb, dims = read_thumbnail(slide_path, max_px=thumbnail_px, mpp=mpp)

@@ -1,16 +1,14 @@
 """Inputs of the heatmaps: feature bags, fold models, tile scores, slide thumbnails.
 
-Reads the contract's files directly (feature h5, coords h5, ``models/*.pt``)
-so that a report can be made from what a run left on disk.
+Reads what a run left on disk (feature and coords files through ``wsi_mil.io``,
+``models/*.pt``) so that a report can be made afterwards.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -20,55 +18,6 @@ from wsi_mil.errors import FileFormatError, SlideReadError, WsiMilError
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".svslide")
 ModelFactory = Callable[..., torch.nn.Module]
-
-
-@dataclass
-class Bag:
-    """One slide's tile features and where the tiles are (level-0 pixels)."""
-
-    slide_id: str
-    features: np.ndarray       # (N, D) float32
-    coords_level0: np.ndarray  # (N, 2) int64, top-left (x, y)
-    attrs: dict[str, Any]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in obj.attrs.items()}
-
-
-def read_bag(path: str | Path) -> Bag:
-    """Our feature h5, or a TRIDENT / CLAM one (``coords`` (N, 2) = level-0 x, y)."""
-    path = Path(path)
-    with h5py.File(path, "r") as f:
-        if "features" not in f:
-            raise FileFormatError(f"{path} has no 'features' dataset; has {sorted(f.keys())}")
-        features = np.asarray(f["features"][()], dtype=np.float32)
-        if features.ndim == 3 and features.shape[0] == 1:
-            features = features[0]
-        if "coords_level0" in f:
-            coords = np.asarray(f["coords_level0"][()], dtype=np.int64)
-        elif "coords" in f and f["coords"].shape[-1] == 2:
-            coords = np.asarray(f["coords"][()], dtype=np.int64).reshape(-1, 2)
-        else:
-            raise FileFormatError(f"{path} has no level-0 tile coordinates (coords_level0)")
-        attrs = _attrs(f)
-    if features.ndim != 2 or len(features) != len(coords):
-        raise FileFormatError(
-            f"{path}: features {features.shape} do not match coords {coords.shape}"
-        )
-    return Bag(slide_id=path.stem, features=features, coords_level0=coords, attrs=attrs)
-
-
-def read_coords_attrs(path: str | Path) -> dict[str, Any]:
-    """The attributes of a coords h5 (tile_size, downsample, slide_path, ...)."""
-    with h5py.File(path, "r") as f:
-        return _attrs(f)
 
 
 def tile_size_level0_px(coords_level0: np.ndarray, *attr_sets: dict[str, Any]) -> float:

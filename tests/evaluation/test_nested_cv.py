@@ -103,6 +103,20 @@ def test_same_seed_gives_identical_folds_csv_and_rerun_resumes(tmp_path):
                tmp_path / "a")
 
 
+def test_a_rerun_never_reuses_folds_made_with_other_targets_or_another_plan(tmp_path):
+    cohort, store = setup(tmp_path, task="survival", n_patients=18)
+    plan = make_fold_plan(cohort, 3, 0, 1, seed=1)
+    settings = CVSettings("survival", "meanpool", mode="kfold", epochs=2, **FAST)
+    run_cv(cohort, store, plan, settings, tmp_path / "run")
+    edited = cohort.table.drop(columns=["y"], errors="ignore").copy()
+    edited["time"] = edited["time"] * 2.0 + 1.0  # same events (same plan), other times
+    other = make_cohort(edited, "survival")
+    with pytest.raises(StaleOutputError, match="other settings"):
+        run_cv(other, store, plan, settings, tmp_path / "run")
+    with pytest.raises(StaleOutputError, match="another fold plan"):
+        run_cv(cohort, store, make_fold_plan(cohort, 3, 0, 1, seed=2), settings, tmp_path / "run")
+
+
 def test_multiclass_string_labels_give_one_probability_per_class(tmp_path):
     cohort, store = setup(tmp_path, n_patients=24, n_classes=3, string_labels=True)
     plan = make_fold_plan(cohort, 2, 0, 1, seed=0)

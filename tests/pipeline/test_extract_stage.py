@@ -236,3 +236,23 @@ def test_two_torchrun_processes_give_the_same_features_as_one(cohort, vit, vit_i
     assert not list(out_two.glob("status.rank*.csv"))
     assert (tmp_path / "two" / "extract.rank0.log").exists()
     assert (tmp_path / "two" / "extract.rank1.log").exists()
+
+
+def test_a_runtime_error_while_encoding_fails_the_slide_in_flight_and_the_others_complete(
+        cohort, vit, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    forward = type(vit).forward
+
+    def crash_once(self, images):
+        calls["n"] += 1
+        if calls["n"] == 1:  # e.g. a reader worker killed by a signal, or CUDA out of memory
+            raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Segmentation fault")
+        return forward(self, images)
+
+    monkeypatch.setattr(type(vit), "forward", crash_once)
+    result = _run(cohort, tmp_path / "out", vit)
+    assert result.counts["failed"] == 1 and result.counts["done"] == 2, result.counts
+    (reason,) = result.failed.values()
+    assert "killed by signal" in reason
+    rerun = _run(cohort, tmp_path / "out", vit)  # the failed slide is retried on resume
+    assert rerun.counts == {"done": 1, "skipped": 2, "failed": 0}

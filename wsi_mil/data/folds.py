@@ -112,7 +112,12 @@ class FoldPlan:
             )
         groups = _groups(cohort, self.group_by)
         n = len(cohort)
+        if len(self.repeats) != self.n_repeats:
+            raise FoldPlanError(f"fold plan declares {self.n_repeats} repeats but holds {len(self.repeats)}")
         for r, folds in enumerate(self.repeats):
+            if len(folds) != self.n_outer or any(len(f.inner) != self.n_inner for f in folds):
+                raise FoldPlanError(f"repeat {r}: expected {self.n_outer} outer folds with "
+                                    f"{self.n_inner} inner folds each")
             tested = np.concatenate([f.test for f in folds])
             if np.sort(tested).tolist() != list(range(n)):
                 raise FoldPlanError(f"repeat {r}: slides are not each tested exactly once")

@@ -51,7 +51,11 @@ class TiffLevelSource:
             self._tif = tifffile.TiffFile(self.path)
         except Exception as err:  # tifffile raises many types on non-TIFF input
             raise SlideReadError(f"{self.path} is not a TIFF file: {err}") from err
-        page = self._find_page(level_size_px)
+        try:
+            page = self._find_page(level_size_px)
+        except Exception as err:  # a malformed page: close the file, let the caller fall back
+            self._tif.close()
+            raise SlideReadError(f"{self.path}: cannot scan TIFF pages: {err}") from err
         if page is None:
             self._tif.close()
             raise SlideReadError(

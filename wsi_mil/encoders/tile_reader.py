@@ -54,6 +54,9 @@ BACKENDS = ("auto", "tiff", "openslide")
 MAX_SPAN_TILES = 16  # openslide backend: tiles read per read_region call
 
 
+DIRECT_TIFF_VENDORS = ("aperio", "generic-tiff")  # backend="auto" decodes these directly
+
+
 @dataclass
 class TilePlan:
     """Where get_tile reads each tile: (N,) arrays in coords order."""
@@ -195,12 +198,17 @@ class TileReader:
     def _source(self, level: int) -> TiffLevelSource | None:
         if level not in self._sources:
             src = None
-            if self.backend in ("auto", "tiff"):
+            vendor = self.osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "")
+            # auto: only formats whose stored tile grid is the image (Ventana .bif overlaps
+            # tiles, Leica .scn places regions: OpenSlide knows where they go, we do not)
+            direct_ok = self.backend == "tiff" or vendor in DIRECT_TIFF_VENDORS
+            if self.backend in ("auto", "tiff") and direct_ok:
                 try:
                     src = TiffLevelSource(self.slide_path, self.osr.level_dimensions[level])
-                except SlideReadError as err:
+                except Exception as err:  # any tifffile failure: fall back to OpenSlide
                     if self.backend == "tiff":
-                        raise
+                        raise SlideReadError(f"direct TIFF decoding of {self.slide_path}: "
+                                             f"{err}") from err
                     logger.debug("{}: direct TIFF decoding off ({}); using OpenSlide",
                                  self.slide_path.name, err)
             self._sources[level] = src

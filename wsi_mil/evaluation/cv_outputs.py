@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from loguru import logger
 
 from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.folds import FoldPlan
@@ -129,6 +130,11 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
         pred_df.to_csv(tmp, index=False)
     values = folds_df[metric].to_numpy(dtype=float) if len(folds_df) else np.array([])
     mean, sd, low, high = metrics.mean_ci(values)
+    n_total = sum(len(f) for f in plan.repeats)
+    if np.sum(~np.isnan(values)) < n_total:
+        logger.warning("{} of {} outer folds have no {} (undefined on their test slides or not "
+                       "run): mean and CI use the others", n_total - int(np.sum(~np.isnan(values))),
+                       n_total, metric)
     hp_cols = [c for c in folds_df.columns if c in ("lr", "weight_decay", "epochs")
                or c in settings.grid]
     selected = {c: {"mode": json.loads(_mode(folds_df[c].tolist())), "values": folds_df[c].tolist()}

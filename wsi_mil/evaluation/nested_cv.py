@@ -29,6 +29,7 @@ Outputs (written atomically into ``run_dir``): ``fold_plan.json``,
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -95,6 +96,17 @@ class CVSettings:
         for k in ("n_jobs", "backend", "device", "save_models", "features_dir", "cohort_path", "encoder"):
             d.pop(k)
         return json.loads(json.dumps(d, default=str))
+
+
+def _data_fingerprint(cohort: Cohort, plan: FoldPlan, settings: CVSettings) -> str:
+    """sha1 of what a finished fold depends on besides the settings: the cohort's slides,
+    patients and targets, the fold plan, the feature folder and the encoder name."""
+    cols = [c for c in ("slide_id", "patient_id", "y", "time", "event") if c in cohort.table]
+    payload = json.dumps({
+        "cohort": cohort.table[cols].to_csv(index=False), "classes": [str(c) for c in cohort.classes],
+        "plan": plan.to_dict(), "features_dir": str(settings.features_dir), "encoder": settings.encoder,
+    }, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()
 
 
 def grid_points(settings: CVSettings) -> list[dict[str, Any]]:
@@ -175,9 +187,15 @@ def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings
     plan_path = run_dir / "fold_plan.json"
     if not plan_path.exists():
         plan.save(plan_path)
+    elif FoldPlan.load(plan_path).to_dict() != plan.to_dict():
+        raise StaleOutputError(
+            f"{plan_path} holds another fold plan than this run's; use a new output directory "
+            "(finished folds of the old plan must not be mixed with the new one)"
+        )
     targets = Targets.from_cohort(cohort)
     points = grid_points(settings)
-    fingerprint = settings.fingerprint()
+    # finished folds are reused only for the same settings, targets, features and plan
+    fingerprint = {**settings.fingerprint(), "data": _data_fingerprint(cohort, plan, settings)}
     pending = []
     for r, folds in enumerate(plan.repeats):
         for k in range(len(folds)):

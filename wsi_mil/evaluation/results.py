@@ -15,7 +15,7 @@ from wsi_mil.errors import FileFormatError
 from wsi_mil.io.atomic import atomic_path, write_text_atomic
 
 COLUMNS = ["task", "cohort", "encoder", "head", "n_tiles", "metric", "mean", "sd", "ci95_low",
-           "ci95_high", "n_folds", "lr", "weight_decay", "epochs", "other_hparams", "run_path"]
+           "ci95_high", "n_folds", "n_folds_total", "lr", "weight_decay", "epochs", "other_hparams", "run_path"]
 
 
 def _selected(folds: pd.DataFrame, name: str) -> str:
@@ -46,6 +46,7 @@ def collect_results(runs_dir: str | Path) -> pd.DataFrame:
             "head": s.get("model"), "n_tiles": s.get("n_tiles"), "metric": s.get("metric"),
             "mean": s.get("mean"), "sd": s.get("sd"), "ci95_low": s.get("ci95_low"),
             "ci95_high": s.get("ci95_high"), "n_folds": s.get("n_folds"),
+            "n_folds_total": s.get("n_folds_total", s.get("n_folds")),
             "lr": _selected(folds, "lr"), "weight_decay": _selected(folds, "weight_decay"),
             "epochs": _selected(folds, "epochs"),
             "other_hparams": "; ".join(f"{n}={_selected(folds, n)}" for n in grid_names),

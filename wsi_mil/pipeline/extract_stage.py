@@ -145,7 +145,8 @@ def _existing_attrs(slide: _Slide, layout: str) -> dict[str, Any] | None:
     try:
         if layout == "reference":
             meta = slide.out_path.with_name("meta.json")
-            return json.loads(meta.read_text()) if meta.exists() else {}
+            # meta.json is written last: without it the features.npy is unfinished
+            return json.loads(meta.read_text()) if meta.exists() else None
         return read_feature_attrs(slide.out_path)
     except (WsiMilError, OSError, ValueError) as err:
         logger.warning("{}: unreadable existing output {} ({}); recomputing",
@@ -160,8 +161,10 @@ def _mismatch(existing: dict, expected: dict) -> list[str]:
 
 def _write(slide: _Slide, feats: np.ndarray, layout: str, features_dtype: str) -> None:
     if layout == "reference":
+        meta = slide.out_path.with_name("meta.json")
+        meta.unlink(missing_ok=True)  # written last: marks a complete features.npy
         write_reference_features(slide.out_path, feats.astype(features_dtype), slide.coords)
-        write_json_atomic(slide.out_path.with_name("meta.json"), slide.attrs)
+        write_json_atomic(meta, slide.attrs)
     else:
         write_features(slide.out_path, feats, slide.coords, slide.coords_level0,
                        slide.attrs, dtype=features_dtype)
@@ -280,6 +283,8 @@ def run_extraction(
     mine = dist_utils.shard_by_cost(todo, [len(s.coords) for s in todo], rank, world)
     ledger_name = "status.csv" if world == 1 else f"status.rank{rank}.csv"
     out_root.mkdir(parents=True, exist_ok=True)
+    if world > 1:  # a rank ledger left by an earlier (crashed) run must not be merged again
+        (out_root / ledger_name).unlink(missing_ok=True)
     ledger = StatusLedger(out_root, name=ledger_name)
     if rank == 0:
         for s in skipped:
@@ -303,6 +308,38 @@ def run_extraction(
     return ExtractionResult(out_root, counts, failed, rank, world)
 
 
+def _encode_batch(slides: list[_Slide], k: int, batch: dict, encoder: Encoder, dev: torch.device,
+                  channels_last: bool, buffers: dict, received: dict, started: dict,
+                  ledger: StatusLedger, layout: str, features_dtype: str) -> bool:
+    """Encode one batch of slide ``k``; write the slide once all its tiles are in.
+    False if the slide failed (its reason is in the ledger)."""
+    slide = slides[k]
+    tiles = batch["tiles"].to(dev, non_blocking=True)  # (B, T, T, 3) uint8
+    with torch.inference_mode():
+        images = encoder.preprocess(tiles)  # (B, 3, S, S)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feats = encoder(images).float().cpu().numpy()  # (B, D)
+    if k not in buffers:
+        buffers[k] = np.empty((len(slide.coords), feats.shape[1]), np.float32)
+        received[k] = 0
+    buffers[k][batch["index"].numpy()] = feats
+    received[k] += len(feats)
+    if received[k] < len(slide.coords):
+        return True
+    try:
+        _write(slide, buffers.pop(k), layout, features_dtype)
+    except (WsiMilError, OSError) as err:
+        ledger.record(slide.slide_id, "failed", f"{type(err).__name__}: {err}")
+        logger.error("{}: cannot write features: {}", slide.slide_id, err)
+        return False
+    seconds = time.perf_counter() - started[k]
+    ledger.record(slide.slide_id, "done", f"{len(slide.coords)} tiles", seconds)
+    logger.info("{}: {} tiles -> {} ({:.1f} tiles/s)", slide.slide_id, len(slide.coords),
+                slide.out_path.name, len(slide.coords) / max(seconds, 1e-9))
+    return True
+
+
 def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
                    ledger: StatusLedger, layout: str, features_dtype: str, batch_size: int,
                    num_workers: int, reader_mode: str, resample: str, backend: str,
@@ -321,41 +358,38 @@ def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
     received: dict[int, int] = {}
     started: dict[int, float] = {}
     dead: set[int] = set()
-    for batch in loader:
-        k = int(batch["slide"])
-        slide = slides[k]
-        if k in dead:
-            continue
-        started.setdefault(k, time.perf_counter())
-        if "error" in batch:
-            dead.add(k)
-            buffers.pop(k, None)
-            ledger.record(slide.slide_id, "failed", batch["error"])
-            logger.error("{}: {}", slide.slide_id, batch["error"])
-            continue
-        tiles = batch["tiles"].to(dev, non_blocking=True)  # (B, T, T, 3) uint8
-        with torch.inference_mode():
-            images = encoder.preprocess(tiles)  # (B, 3, S, S)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            feats = encoder(images).float().cpu().numpy()  # (B, D)
-        if k not in buffers:
-            buffers[k] = np.empty((len(slide.coords), feats.shape[1]), np.float32)
-            received[k] = 0
-        buffers[k][batch["index"].numpy()] = feats
-        received[k] += len(feats)
-        if received[k] == len(slide.coords):
-            try:
-                _write(slide, buffers.pop(k), layout, features_dtype)
-            except (WsiMilError, OSError) as err:
-                ledger.record(slide.slide_id, "failed", f"{type(err).__name__}: {err}")
-                logger.error("{}: cannot write features: {}", slide.slide_id, err)
+    try:
+        for batch in loader:
+            k = int(batch["slide"])
+            if k in dead:
                 continue
-            seconds = time.perf_counter() - started[k]
-            ledger.record(slide.slide_id, "done", f"{len(slide.coords)} tiles", seconds)
-            logger.info("{}: {} tiles -> {} ({:.1f} tiles/s)", slide.slide_id,
-                        len(slide.coords), slide.out_path.name,
-                        len(slide.coords) / max(seconds, 1e-9))
+            started.setdefault(k, time.perf_counter())
+            if "error" in batch:
+                dead.add(k)
+                buffers.pop(k, None)
+                ledger.record(slides[k].slide_id, "failed", batch["error"])
+                logger.error("{}: {}", slides[k].slide_id, batch["error"])
+                continue
+            if not _encode_batch(slides, k, batch, encoder, dev, channels_last, buffers,
+                                 received, started, ledger, layout, features_dtype):
+                dead.add(k)
+    except RuntimeError as err:
+        # A reader worker died (segfault / out of memory in a native library) or the model
+        # failed: the slides in flight are recorded as failed, the others are retried.
+        in_flight = [k for k in started if k not in dead and not ledger.is_done(slides[k].slide_id)]
+        if not in_flight:
+            in_flight = [k for k in range(len(slides)) if not ledger.is_done(slides[k].slide_id)]
+        for k in in_flight:
+            dead.add(k)
+            ledger.record(slides[k].slide_id, "failed", f"RuntimeError while reading / encoding "
+                          f"this slide: {str(err)[:300]}")
+            logger.error("{}: {}", slides[k].slide_id, err)
+        rest = [s for k, s in enumerate(slides)
+                if k not in dead and not ledger.is_done(s.slide_id)]
+        del loader
+        _encode_slides(rest, encoder, dev, ledger, layout, features_dtype, batch_size,
+                       num_workers, reader_mode, resample, backend, chunk_tiles, channels_last)
+        return
     for k, slide in enumerate(slides):
-        if k not in dead and not ledger.is_done(slide.slide_id) and k in buffers:
+        if k not in dead and not ledger.is_done(slide.slide_id):
             ledger.record(slide.slide_id, "failed", "incomplete: tiles missing from the reader")

@@ -132,3 +132,18 @@ def test_preview_is_a_png_of_the_requested_size(cohort, tmp_path):
     assert image.format == "PNG" and max(image.size) == 512
     pixels = np.asarray(image.convert("RGB"))
     assert ((pixels == (30, 60, 230)).all(axis=2)).any()  # tile outlines drawn
+
+
+def test_an_unreadable_coords_file_left_by_a_crash_is_recomputed(tmp_path, cmu_slide_path):
+    from wsi_mil.io.coords import read_coords
+    from wsi_mil.pipeline.tile_stage import run_tiling
+    from wsi_mil.tiling import TilingParams
+
+    table = pd.DataFrame({"slide_id": ["cmu"], "path": [str(cmu_slide_path)]})
+    run_tiling(table, tmp_path, TilingParams(), previews=False)
+    out = tmp_path / "mpp0.50_px224" / "coords" / "cmu.h5"
+    good = read_coords(out).coords
+    out.write_bytes(out.read_bytes()[:100])  # truncated
+    ledger = run_tiling(table, tmp_path, TilingParams(), previews=False)
+    assert ledger.status("cmu") == "done"
+    assert (read_coords(out).coords == good).all()

@@ -43,7 +43,7 @@ import numpy as np
 import openslide
 from loguru import logger
 from openslide.deepzoom import DeepZoomGenerator
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from wsi_mil.encoders.tiff_direct import TiffLevelSource
 from wsi_mil.errors import ConfigError, SlideReadError
@@ -187,8 +187,9 @@ class TileReader:
         self.tile_size = int(tile_size)
         self.mode, self.resample, self.backend = mode, resample, backend
         try:
-            self.osr = openslide.OpenSlide(str(self.slide_path))
-        except (openslide.OpenSlideError, FileNotFoundError) as err:
+            # open_slide: plain images (tiled with the `pil` backend) come back as ImageSlide
+            self.osr = openslide.open_slide(str(self.slide_path))
+        except (openslide.OpenSlideError, FileNotFoundError, UnidentifiedImageError) as err:
             raise SlideReadError(f"cannot open slide {self.slide_path}: {err}") from err
         self.plan = plan_tiles(self.osr, self.coords, self.tile_size)
         self._sources: dict[int, TiffLevelSource | None] = {}

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -38,6 +46,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
     try:
         yield tmp_path
+        _fsync(tmp_path)  # the data is on disk before the name points to it
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ import pandas as pd
 from loguru import logger
 from tqdm import tqdm
 
-from wsi_mil.errors import StaleOutputError, WsiMilError
+from wsi_mil.errors import FileFormatError, StaleOutputError, WsiMilError
 from wsi_mil.io.atomic import atomic_path
 from wsi_mil.io.coords import read_coords, write_coords, write_reference_coords
 from wsi_mil.io.ledger import StatusLedger
@@ -85,8 +85,11 @@ def tile_one(slide_id: str, slide_path: str, tiling_root: Path, params: TilingPa
     """Tile one slide; returns (status, reason) with status ``done`` or ``skipped``."""
     out = coords_path(tiling_root, slide_id)
     if out.exists() and not overwrite:
-        _check_existing(out, params, mpp_override)
-        return "skipped", "coords already there with the same parameters"
+        try:
+            _check_existing(out, params, mpp_override)
+            return "skipped", "coords already there with the same parameters"
+        except FileFormatError as err:  # unreadable (e.g. truncated by a node crash): redo it
+            logger.bind(slide_id=slide_id).warning("{}: recomputing unreadable {}", slide_id, err)
     with open_slide(slide_path, mpp_override=mpp_override, backend=backend) as reader:
         tiling = tile_slide(reader, params, mpp_override)
         if outputs.previews:

@@ -35,6 +35,13 @@ def mpp_from_properties(properties: Mapping[str, str]) -> tuple[float, str] | No
         except (KeyError, ValueError):
             continue
         if _plausible(value):
+            other = properties.get("openslide.mpp-y") if key == "openslide.mpp-x" else None
+            try:
+                if other is not None and abs(float(other) - value) > 0.01 * value:
+                    logger.warning("non-square pixels: mpp-x={} but mpp-y={} um/px; using mpp-x",
+                                   value, other)
+            except ValueError:
+                pass
             return value, key
         logger.warning("ignoring implausible {}={!r} um/px", key, properties[key])
     unit = str(properties.get("tiff.ResolutionUnit", "")).lower()

@@ -94,3 +94,18 @@ def test_mean_ci_and_bootstrap_ci_bracket_the_estimate(rng):
         warnings.simplefilter("error")
         est, lo, hi = bootstrap_ci(auc, y, score, n_boot=200, seed=0)
     assert lo <= est <= hi
+
+
+def test_repeated_cv_interval_is_taken_over_repeat_means():
+    from scipy.stats import t as student_t
+
+    from wsi_mil.evaluation.metrics import mean_ci, repeated_cv_ci
+
+    values = np.array([0.70, 0.80, 0.90, 0.72, 0.82, 0.92, 0.60, 0.75, 0.95])
+    repeats = np.repeat([0, 1, 2], 3)
+    mean, sd, low, high = repeated_cv_ci(values, repeats)
+    assert mean == pytest.approx(values.mean()) and sd == pytest.approx(values.std(ddof=1))
+    means = np.array([0.80, 0.82, 0.7666666666666667])
+    half = student_t.ppf(0.975, 2) * means.std(ddof=1) / np.sqrt(3)
+    assert (low, high) == pytest.approx((mean - half, mean + half))
+    assert repeated_cv_ci(values[:3], repeats[:3]) == pytest.approx(mean_ci(values[:3]))

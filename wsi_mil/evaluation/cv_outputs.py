@@ -129,7 +129,8 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
     with atomic_path(run_dir / "predictions.csv") as tmp:
         pred_df.to_csv(tmp, index=False)
     values = folds_df[metric].to_numpy(dtype=float) if len(folds_df) else np.array([])
-    mean, sd, low, high = metrics.mean_ci(values)
+    repeats = folds_df["repeat"].to_numpy() if len(folds_df) else np.array([])
+    mean, sd, low, high = metrics.repeated_cv_ci(values, repeats)
     n_total = sum(len(f) for f in plan.repeats)
     if np.sum(~np.isnan(values)) < n_total:
         logger.warning("{} of {} outer folds have no {} (undefined on their test slides or not "

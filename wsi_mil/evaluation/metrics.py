@@ -123,6 +123,27 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, floa
     return mean, sd, mean - half, mean + half
 
 
+def repeated_cv_ci(values: np.ndarray, repeats: np.ndarray,
+                   level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high) of fold metrics from repeated cross-validation.
+
+    Folds of one repeat reuse the same slides, so with several repeats the interval is
+    the Student-t interval over the *repeat means* (R - 1 degrees of freedom), not over
+    all R x K folds (which would be too narrow). The mean and sd are over all folds.
+    With one repeat this is :func:`mean_ci`.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    reps = np.asarray(repeats)
+    ok = ~np.isnan(v)
+    mean, sd, low, high = mean_ci(v, level)
+    groups = np.unique(reps[ok])
+    if groups.size > 1:
+        means = np.array([v[ok & (reps == g)].mean() for g in groups])
+        _, _, low, high = mean_ci(means, level)
+        low, high = low - means.mean() + mean, high - means.mean() + mean
+    return mean, sd, low, high
+
+
 def bootstrap_ci(
     metric: Callable[..., float],
     *arrays: np.ndarray,

@@ -117,10 +117,10 @@ def main() -> None:
 
     logger.enable("wsi_mil")  # progress lines on stderr
 
+    from wsi_mil.cv.engine import CVSettings, available_cores, grid_points, run_cv
     from wsi_mil.data.bags import BagStore
     from wsi_mil.data.cohort import read_cohort
     from wsi_mil.data.folds import make_fold_plan
-    from wsi_mil.evaluation.nested_cv import CVSettings, available_cores, grid_points, run_cv
     from wsi_mil.testing.synthetic_cohort import write_synthetic_cohort
     from wsi_mil.training.fit import FitParams, Targets
 

@@ -93,7 +93,7 @@ def _folds_table(metric: str, values: np.ndarray, extra: dict | None = None) -> 
 
 
 def summary(cohort: str, model: str, metric: str, features_dir: Path | None = None) -> dict:
-    """A summary.json as ``wsi_mil.evaluation.cv_outputs.aggregate`` writes it (subset)."""
+    """A summary.json as ``wsi_mil.cv.outputs.aggregate`` writes it (subset)."""
     task = "survival" if metric == "c_index" else "classification"
     return {"task": task, "cohort": cohort, "encoder": "histo_stats", "model": model,
             "mode": "mil", "metric": metric, "mean": 0.8, "sd": 0.05, "ci95_low": 0.7,

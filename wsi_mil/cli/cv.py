@@ -12,11 +12,11 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from wsi_mil.cli.common import exit_on_error, setup_run, to_dict
+from wsi_mil.cv.engine import CVSettings, run_cv
 from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import read_cohort
 from wsi_mil.data.folds import FoldPlan, make_fold_plan
 from wsi_mil.errors import StaleOutputError
-from wsi_mil.evaluation.nested_cv import CVSettings, run_cv
 from wsi_mil.io.feature_sources import list_feature_slides, resolve_source
 
 

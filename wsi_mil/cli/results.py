@@ -9,7 +9,7 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from wsi_mil.cli.common import configure_logging, exit_on_error
-from wsi_mil.evaluation.results import collect_results, write_results
+from wsi_mil.cv.results import collect_results, write_results
 
 
 def run(cfg: DictConfig) -> int:

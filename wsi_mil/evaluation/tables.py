@@ -1,6 +1,6 @@
 """Tile-level result tables: written by the slide-level results machinery, summarised over seeds.
 
-:func:`write_table` is :func:`wsi_mil.evaluation.results.write_results`
+:func:`write_table` is :func:`wsi_mil.cv.results.write_results`
 (``<stem>.csv`` + ``<stem>.md``, atomic), so tile-level and slide-level tables
 look the same.
 """
@@ -15,7 +15,7 @@ import pandas as pd
 
 def write_table(df: pd.DataFrame, path_stem: str | Path) -> tuple[Path, Path]:
     """Write ``<stem>.csv`` and ``<stem>.md`` (folders created); return both paths."""
-    from wsi_mil.evaluation.results import write_results
+    from wsi_mil.cv.results import write_results
 
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -63,10 +63,10 @@ def results_table(runs: Sequence[RunData]) -> pd.DataFrame:
 
 
 def _collect_results(sources: Sequence[Path], runs: Sequence[RunData]) -> pd.DataFrame:
-    """The package's results table (``wsi_mil.evaluation.results.collect_results``) of the
+    """The package's results table (``wsi_mil.cv.results.collect_results``) of the
     sources, else :func:`results_table` of the loaded runs."""
     try:
-        from wsi_mil.evaluation.results import collect_results
+        from wsi_mil.cv.results import collect_results
     except ImportError:
         return results_table(runs)
     try:
@@ -113,7 +113,7 @@ def make_report(runs: str | Path | Sequence[str | Path], output_dir: str | Path 
     ``tiling_root``: for previews; default the parent of ``coords_dir``.
     ``n_heatmaps``: slides per end (top- and lowest-scored) per head.
     ``results``: a ready results table; default ``collect_results`` of
-    ``wsi_mil.evaluation.results`` (else one row per ``summary.json``).
+    ``wsi_mil.cv.results`` (else one row per ``summary.json``).
     ``km_repeat``: repeat of the Kaplan-Meier curves (None = first);
     ``thumbnail_px``: longest side of the heatmap thumbnails;
     ``model_factory``: ``(name, in_dim, n_outputs, **hparams) -> head``, default

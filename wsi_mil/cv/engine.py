@@ -25,17 +25,14 @@ shared by the threads). Torch uses ``max(1, cores // n_jobs)`` threads per fit.
 Outputs (written atomically into ``run_dir``): ``fold_plan.json``,
 ``folds/r{r}_f{k}.json`` (one per finished outer fold: a rerun skips it),
 ``models/r{r}_f{k}.pt``, then ``predictions.csv``, ``folds.csv``,
-``summary.json``. See :mod:`wsi_mil.evaluation.cv_outputs`.
+``summary.json``. See :mod:`wsi_mil.cv.outputs`.
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,83 +41,15 @@ import torch
 from joblib import Parallel, delayed
 from loguru import logger
 
+from wsi_mil.cv import outputs as cv_outputs
+from wsi_mil.cv.selection import select
+from wsi_mil.cv.settings import _FIXED_NAMES, CVSettings, _data_fingerprint, grid_points
 from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.folds import FoldPlan
 from wsi_mil.errors import ConfigError, StaleOutputError
-from wsi_mil.evaluation import cv_outputs
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.training.fit import FitParams, Targets, fit, predict
-
-MODES = ("nested", "kfold")
-BACKENDS = ("loky", "threading")
-_FIXED_NAMES = {"lr", "learning_rate", "weight_decay"}
-
-
-@dataclass
-class CVSettings:
-    """Typed settings of a CV run (the CLI builds it from ``conf/cv.yaml``)."""
-
-    task: str
-    model: str
-    hparams: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list] = field(default_factory=lambda: {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-4]})
-    mode: str = "nested"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    epochs: int = 50
-    batch_size: int = 16
-    n_tiles: int | None = 1000
-    tile_sampling: str = "random"
-    seed: int = 0
-    n_jobs: int = 1
-    backend: str = "loky"
-    device: str = "cpu"
-    encoder: str = ""
-    features_dir: str = ""
-    cohort_path: str = ""
-    save_models: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode {self.mode!r}; choose one of {MODES}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend {self.backend!r}; choose one of {BACKENDS}")
-        for name, values in self.grid.items():
-            if not isinstance(values, (list, tuple)) or len(values) == 0:
-                raise ConfigError(f"grid.{name} must be a non-empty list, got {values!r}")
-
-    def fingerprint(self) -> dict:
-        """Settings that change results (not n_jobs / backend / paths)."""
-        d = asdict(self)
-        for k in ("n_jobs", "backend", "device", "save_models", "features_dir", "cohort_path", "encoder"):
-            d.pop(k)
-        return json.loads(json.dumps(d, default=str))
-
-
-def _data_fingerprint(cohort: Cohort, plan: FoldPlan, settings: CVSettings) -> str:
-    """sha1 of what a finished fold depends on besides the settings: the cohort's slides,
-    patients and targets, the fold plan, the feature folder and the encoder name."""
-    cols = [c for c in ("slide_id", "patient_id", "y", "time", "event") if c in cohort.table]
-    payload = json.dumps({
-        "cohort": cohort.table[cols].to_csv(index=False), "classes": [str(c) for c in cohort.classes],
-        "plan": plan.to_dict(), "features_dir": str(settings.features_dir), "encoder": settings.encoder,
-    }, sort_keys=True, default=str)
-    return hashlib.sha1(payload.encode()).hexdigest()
-
-
-def grid_points(settings: CVSettings) -> list[dict[str, Any]]:
-    """All grid combinations (nested mode) or the single fixed point (kfold mode)."""
-    if settings.mode == "kfold" or not settings.grid:
-        return [{"lr": settings.lr, "weight_decay": settings.weight_decay}]
-    names = list(settings.grid)
-    points = []
-    for values in itertools.product(*(settings.grid[n] for n in names)):
-        p = {"lr": settings.lr, "weight_decay": settings.weight_decay}
-        for n, v in zip(names, values, strict=True):
-            p["lr" if n == "learning_rate" else n] = v
-        points.append(p)
-    return points
 
 
 def _params(settings: CVSettings, point: dict, epochs: int, seed: int) -> FitParams:
@@ -160,18 +89,6 @@ def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.n
     if targets.task == "survival":
         out["train_scores"] = predict(result.model, store, train, *args)
     return out
-
-
-def select(curves: np.ndarray) -> tuple[int, int, float]:
-    """(grid index, epochs, score) maximising the mean inner curve; curves (G, J, E)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-        mean = np.nanmean(curves, axis=1)  # (G, E)
-    if np.isnan(mean).all():
-        return 0, curves.shape[2], float("nan")
-    flat = int(np.nanargmax(mean))  # row-major: first grid point, then fewest epochs
-    g, e = divmod(flat, mean.shape[1])
-    return g, e + 1, float(mean[g, e])
 
 
 def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings,

@@ -1,7 +1,7 @@
 """Aggregate CV run directories into one results table (CSV + markdown).
 
 A run directory is any folder holding a ``summary.json`` written by
-:func:`wsi_mil.evaluation.nested_cv.run_cv` (and its ``folds.csv``).
+:func:`wsi_mil.cv.engine.run_cv` (and its ``folds.csv``).
 """
 from __future__ import annotations
 

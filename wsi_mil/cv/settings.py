@@ -1,0 +1,86 @@
+"""Typed settings of a CV run and the hyperparameter grid they define.
+
+The CLI builds :class:`CVSettings` from ``conf/cv.yaml``; library code (engine,
+outputs) takes it as a plain dataclass.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from wsi_mil.data.cohort import Cohort
+from wsi_mil.data.folds import FoldPlan
+from wsi_mil.errors import ConfigError
+
+MODES = ("nested", "kfold")
+BACKENDS = ("loky", "threading")
+_FIXED_NAMES = {"lr", "learning_rate", "weight_decay"}
+
+
+@dataclass
+class CVSettings:
+    """Typed settings of a CV run (the CLI builds it from ``conf/cv.yaml``)."""
+
+    task: str
+    model: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=lambda: {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-4]})
+    mode: str = "nested"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 50
+    batch_size: int = 16
+    n_tiles: int | None = 1000
+    tile_sampling: str = "random"
+    seed: int = 0
+    n_jobs: int = 1
+    backend: str = "loky"
+    device: str = "cpu"
+    encoder: str = ""
+    features_dir: str = ""
+    cohort_path: str = ""
+    save_models: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode {self.mode!r}; choose one of {MODES}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend {self.backend!r}; choose one of {BACKENDS}")
+        for name, values in self.grid.items():
+            if not isinstance(values, (list, tuple)) or len(values) == 0:
+                raise ConfigError(f"grid.{name} must be a non-empty list, got {values!r}")
+
+    def fingerprint(self) -> dict:
+        """Settings that change results (not n_jobs / backend / paths)."""
+        d = asdict(self)
+        for k in ("n_jobs", "backend", "device", "save_models", "features_dir", "cohort_path", "encoder"):
+            d.pop(k)
+        return json.loads(json.dumps(d, default=str))
+
+
+def _data_fingerprint(cohort: Cohort, plan: FoldPlan, settings: CVSettings) -> str:
+    """sha1 of what a finished fold depends on besides the settings: the cohort's slides,
+    patients and targets, the fold plan, the feature folder and the encoder name."""
+    cols = [c for c in ("slide_id", "patient_id", "y", "time", "event") if c in cohort.table]
+    payload = json.dumps({
+        "cohort": cohort.table[cols].to_csv(index=False), "classes": [str(c) for c in cohort.classes],
+        "plan": plan.to_dict(), "features_dir": str(settings.features_dir), "encoder": settings.encoder,
+    }, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+def grid_points(settings: CVSettings) -> list[dict[str, Any]]:
+    """All grid combinations (nested mode) or the single fixed point (kfold mode)."""
+    if settings.mode == "kfold" or not settings.grid:
+        return [{"lr": settings.lr, "weight_decay": settings.weight_decay}]
+    names = list(settings.grid)
+    points = []
+    for values in itertools.product(*(settings.grid[n] for n in names)):
+        p = {"lr": settings.lr, "weight_decay": settings.weight_decay}
+        for n, v in zip(names, values, strict=True):
+            p["lr" if n == "learning_rate" else n] = v
+        points.append(p)
+    return points

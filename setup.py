@@ -37,6 +37,7 @@ setup(
         "pandas>=2.0",
         "scikit-learn>=1.3",
         "lifelines>=0.27",
+        "scikit-survival>=0.23",
         "hydra-core>=1.3",
         "hydra-joblib-launcher>=1.2",
         "omegaconf>=2.3",

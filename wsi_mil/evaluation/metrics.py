@@ -5,7 +5,14 @@ Conventions, fixed once here:
 - ``auc``: binary ROC AUC from scores (higher = more likely positive); equal to
   :func:`sklearn.metrics.roc_auc_score` (ties in scores count 1/2).
 - ``macro_ovr_auc``: mean over classes of the one-vs-rest AUC of the class
-  probability (sklearn's ``multi_class="ovr", average="macro"``).
+  probability (sklearn's ``multi_class="ovr", average="macro"``); with
+  ``classes="present"``, the reference's (HistoSSLscaling
+  ``compute_mean_one_vs_all_auc``): the mean over the classes present in
+  ``y_true`` only, on whatever scores are given (the reference passes logits).
+- ``uno_c_index``, ``time_dependent_auc``, ``integrated_brier_score``: IPCW
+  survival metrics delegated to scikit-survival (censoring distribution and,
+  for the Brier score, the Breslow baseline hazard fitted on the training
+  part only).
 - ``c_index``: Harrell's concordance index where a **higher risk means a
   shorter survival**. Equal to ``lifelines.utils.concordance_index(time,
   -risk, event)``: a pair (i, j) is comparable when ``event_i`` is 1 and
@@ -26,6 +33,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import rankdata
 from scipy.stats import t as student_t
+
+from wsi_mil.errors import ConfigError
 
 
 class MetricWarning(UserWarning):
@@ -50,17 +59,30 @@ def auc(y_true: np.ndarray, score: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Macro one-vs-rest AUC on class probabilities ``proba`` (n, K); NaN if a class is absent."""
+MULTICLASS_AUC_CLASSES = ("all", "present")
+
+
+def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray, classes: str = "all") -> float:
+    """Macro one-vs-rest AUC of scores ``proba`` (n, K).
+
+    ``classes="all"`` (default, sklearn): NaN if a class is absent from ``y_true``.
+    ``classes="present"`` (the reference): mean over the classes present in
+    ``y_true``; NaN if fewer than two are present.
+    """
+    if classes not in MULTICLASS_AUC_CLASSES:
+        raise ConfigError(f"classes={classes!r}; choose one of {list(MULTICLASS_AUC_CLASSES)}")
     y = np.asarray(y_true).ravel().astype(int)
     p = np.asarray(proba, dtype=np.float64)
     n_classes = p.shape[1]
     present = np.bincount(y, minlength=n_classes)
-    if (present == 0).any():
+    if classes == "all" and (present == 0).any():
         return _undefined(f"macro AUC undefined: class counts {present.tolist()}")
+    if classes == "present" and (present > 0).sum() < 2:
+        return _undefined(f"macro AUC undefined: class counts {present.tolist()}")
+    keep = [k for k in range(n_classes) if present[k] > 0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
-        return float(np.mean([auc(y == k, p[:, k]) for k in range(n_classes)]))
+        return float(np.mean([auc(y == k, p[:, k]) for k in keep]))
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -107,6 +129,105 @@ def c_index(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> float:
     if comparable == 0:
         return _undefined("c-index undefined: no comparable pair (no event before another time)")
     return float((concordant + 0.5 * tied) / comparable)
+
+
+def std_ref(values: np.ndarray) -> float:
+    """Population sd (ddof=0) of the finite values: the reference paper's "std"."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.std(ddof=0)) if v.size else float("nan")
+
+
+def _survival_arrays(time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    from sksurv.util import Surv
+
+    t = np.asarray(time, dtype=np.float64).ravel()
+    e = np.asarray(event).ravel().astype(bool)
+    if t.size != e.size:
+        raise ValueError(f"sizes differ: time {t.size}, event {e.size}")
+    return Surv.from_arrays(event=e, time=t)
+
+
+def uno_c_index(train_time: np.ndarray, train_event: np.ndarray, time: np.ndarray, event: np.ndarray,
+                risk: np.ndarray, tau: float | None = None) -> float:
+    """Uno's IPCW concordance (higher ``risk`` = shorter survival), pairs truncated at ``tau``.
+
+    The censoring distribution is the Kaplan-Meier estimate on the training part
+    (``train_time``, ``train_event``). Equal to
+    ``sksurv.metrics.concordance_index_ipcw(train, test, risk, tau)[0]``; NaN with a
+    :class:`MetricWarning` where scikit-survival refuses the data (e.g. test times
+    beyond the last training time with no ``tau``, or no comparable pair).
+    """
+    from sksurv.metrics import concordance_index_ipcw
+
+    train, test = _survival_arrays(train_time, train_event), _survival_arrays(time, event)
+    try:
+        return float(concordance_index_ipcw(train, test, np.asarray(risk, dtype=np.float64).ravel(), tau=tau)[0])
+    except (ValueError, ZeroDivisionError) as err:
+        return _undefined(f"Uno's C undefined: {err}")
+
+
+def time_dependent_auc(train_time: np.ndarray, train_event: np.ndarray, time: np.ndarray, event: np.ndarray,
+                       risk: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, float]:
+    """(AUC at each of ``times``, mean AUC): cumulative/dynamic AUC with IPCW weights.
+
+    ``sksurv.metrics.cumulative_dynamic_auc``; ``times`` must lie in the test
+    follow-up range. All NaN (with a :class:`MetricWarning`) where scikit-survival
+    refuses the data.
+    """
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    train, test = _survival_arrays(train_time, train_event), _survival_arrays(time, event)
+    try:
+        aucs, mean = cumulative_dynamic_auc(train, test, np.asarray(risk, dtype=np.float64).ravel(), times)
+    except ValueError as err:
+        _undefined(f"time-dependent AUC undefined: {err}")
+        return np.full(times.size, np.nan), float("nan")
+    return np.asarray(aucs, dtype=np.float64), float(mean)
+
+
+def breslow_survival(train_risk: np.ndarray, train_time: np.ndarray, train_event: np.ndarray,
+                     risk: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Survival probabilities ``(n, T)`` of subjects with ``risk`` at ``times``.
+
+    Breslow's baseline hazard fitted on the training part (its risks, times, events)
+    and ``S(t | r) = S0(t) ** exp(r)`` (``sksurv.linear_model.coxph.BreslowEstimator``).
+    """
+    from sksurv.linear_model.coxph import BreslowEstimator
+
+    breslow = BreslowEstimator().fit(np.asarray(train_risk, dtype=np.float64).ravel(),
+                                     np.asarray(train_event).ravel().astype(bool),
+                                     np.asarray(train_time, dtype=np.float64).ravel())
+    times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    # S0 is a step function; clip to its domain (before the first event it is 1)
+    s0 = breslow.baseline_survival_
+    steps = np.searchsorted(s0.x, times, side="right") - 1
+    base = np.where(steps >= 0, s0.y[np.clip(steps, 0, None)], 1.0)
+    return base[None, :] ** np.exp(np.asarray(risk, dtype=np.float64).ravel())[:, None]
+
+
+def integrated_brier_score(train_time: np.ndarray, train_event: np.ndarray, train_risk: np.ndarray,
+                           time: np.ndarray, event: np.ndarray, risk: np.ndarray,
+                           times: np.ndarray) -> float:
+    """Integrated Brier score over ``times`` (>= 2 points, in the test follow-up range).
+
+    Survival curves from :func:`breslow_survival` (baseline on the training part
+    only), IPCW weights from the training part's censoring distribution
+    (``sksurv.metrics.integrated_brier_score``). Lower is better; NaN with a
+    :class:`MetricWarning` where scikit-survival refuses the data.
+    """
+    from sksurv.metrics import integrated_brier_score as sksurv_ibs
+
+    times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    if times.size < 2:
+        return _undefined(f"integrated Brier score needs >= 2 time points; got {times.tolist()}")
+    train, test = _survival_arrays(train_time, train_event), _survival_arrays(time, event)
+    surv = breslow_survival(train_risk, train_time, train_event, risk, times)
+    try:
+        return float(sksurv_ibs(train, test, surv, times))
+    except ValueError as err:
+        return _undefined(f"integrated Brier score undefined: {err}")
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:

@@ -66,3 +66,7 @@ class EmptyBagError(WsiMilError):
 
 class FoldPlanError(WsiMilError):
     """A fold plan cannot be made or does not match the cohort."""
+
+
+class NonFiniteFeaturesError(WsiMilError):
+    """Tile features hold NaN or inf (or overflow the in-memory dtype)."""

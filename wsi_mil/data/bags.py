@@ -1,14 +1,22 @@
 """Feature bags of a cohort held once in memory, sampled and padded per batch.
 
 :class:`BagStore` keeps the tile features of *all* slides in one contiguous
-array (``features`` (sum N_i, D), float16 by default) plus ``offsets``; every
-fit of a cross-validation reads from it, so features are read from disk once.
+array (``features`` (sum N_i, D), float32 by default: what the CPU computes
+in, so batches need no cast) plus ``offsets``; every fit of a
+cross-validation reads from it, so features are read from disk once. Rows
+must be finite: a NaN or inf (or a value that overflows the store's dtype)
+is refused with the slide ids when the store is built.
+
+Batches are assembled by :func:`assemble` into a reusable buffer
+(:class:`BatchBuffer`) from index arrays: one tile sample per bag, no Python
+lists of feature rows, no fresh allocation per batch.
 The store can be moved to a read-only memory-mapped ``.npy`` file
 (:meth:`BagStore.to_memmap`) so that worker processes share the same pages
 instead of receiving a copy: pickling such a store sends only the file path.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +24,7 @@ import numpy as np
 import torch
 from loguru import logger
 
-from wsi_mil.errors import ConfigError, EmptyBagError, FileFormatError
+from wsi_mil.errors import ConfigError, EmptyBagError, FileFormatError, NonFiniteFeaturesError
 from wsi_mil.io.feature_sources import feature_shape, read_slide_features, resolve_source
 
 SAMPLING = ("random", "first")
@@ -37,7 +45,7 @@ class BagStore:
     # -- construction ------------------------------------------------------
     @classmethod
     def from_arrays(cls, bags: Sequence[np.ndarray], slide_ids: Sequence[str],
-                    dtype: str | np.dtype = "float16") -> BagStore:
+                    dtype: str | np.dtype = "float32") -> BagStore:
         sizes = np.array([b.shape[0] for b in bags], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         dim = bags[0].shape[1]
@@ -46,11 +54,16 @@ class BagStore:
             features[offsets[i]:offsets[i + 1]] = b
         store = cls(features, offsets, slide_ids)
         store._check_nonempty()
+        bad = [f"{slide_ids[i]} ({n} row(s))" for i in range(len(bags))
+               if (n := _count_nonfinite(features[offsets[i]:offsets[i + 1]]))]
+        if bad:
+            raise NonFiniteFeaturesError(f"features are not finite for slide(s) {', '.join(bad[:10])}; "
+                                         "re-extract them (or drop them from the cohort)")
         return store
 
     @classmethod
     def from_dir(cls, features_dir: str | Path, slide_ids: Sequence[str], source: str = "auto",
-                 dtype: str | np.dtype = "float16", memmap_path: str | Path | None = None) -> BagStore:
+                 dtype: str | np.dtype = "float32", memmap_path: str | Path | None = None) -> BagStore:
         """Read the features of ``slide_ids`` once, into one preallocated array.
 
         With ``memmap_path``, the array is a ``.npy`` file filled in place and
@@ -68,8 +81,21 @@ class BagStore:
         else:
             Path(memmap_path).parent.mkdir(parents=True, exist_ok=True)
             features = np.lib.format.open_memmap(memmap_path, mode="w+", dtype=dtype, shape=shape)
+        bad: list[str] = []
         for i, s in enumerate(slide_ids):
-            features[offsets[i]:offsets[i + 1]] = read_slide_features(features_dir, s, source)
+            rows = read_slide_features(features_dir, s, source)
+            features[offsets[i]:offsets[i + 1]] = rows
+            n_bad = _count_nonfinite(features[offsets[i]:offsets[i + 1]])
+            if n_bad:
+                n_src = _count_nonfinite(np.asarray(rows))
+                why = "non-finite" if n_src else f"overflowing {np.dtype(dtype).name}"
+                bad.append(f"{s} ({n_bad} {why} row(s))")
+        if bad:
+            raise NonFiniteFeaturesError(
+                f"features of {len(bad)} slide(s) in {features_dir} are not finite: {', '.join(bad[:10])}"
+                f"{' ...' if len(bad) > 10 else ''}; re-extract them (or drop them from the cohort)"
+                + ("" if np.dtype(dtype) == np.float32 else "; with float16, use feature_dtype=float32")
+            )
         if memmap_path is not None:
             features.flush()
             del features
@@ -95,6 +121,8 @@ class BagStore:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
+        state.pop("_tensor", None)
+        state.pop("_means", None)
         if self.memmap_path is not None:
             state["features"] = None  # re-opened from the file by the worker
         return state
@@ -128,6 +156,23 @@ class BagStore:
         """Features (N_i, D) of slide i (a view)."""
         return self.features[self.offsets[i]:self.offsets[i + 1]]
 
+    @property
+    def tensor(self) -> torch.Tensor:
+        """``features`` as a torch tensor sharing its memory (read-only use)."""
+        if getattr(self, "_tensor", None) is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # read-only memmap: we never write
+                self._tensor = torch.from_numpy(np.asarray(self.features))
+        return self._tensor
+
+    def bag_means(self) -> torch.Tensor:
+        """Mean tile of every bag ``(n_slides, D)`` float32 (computed once)."""
+        if getattr(self, "_means", None) is None:
+            feats = self.tensor
+            self._means = torch.stack([feats[self.offsets[i]:self.offsets[i + 1]].float().mean(0)
+                                       for i in range(len(self))])
+        return self._means
+
 
 def sample_tiles(n: int, n_tiles: int | None, rng: np.random.Generator | None,
                  mode: str = "random") -> np.ndarray:
@@ -145,15 +190,99 @@ def collate(store: BagStore, slide_idx: Sequence[int], n_tiles: int | None = Non
             rng: np.random.Generator | None = None, mode: str = "random"
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """A padded batch: x (B, Nmax, D) float32 with zeros after each bag, mask (B, Nmax) True = tile."""
-    picks = [sample_tiles(int(store.n_tiles[i]), n_tiles, rng, mode) for i in slide_idx]
-    n_max = max(len(p) for p in picks)
-    x = np.zeros((len(picks), n_max, store.dim), dtype=np.float32)  # (B, Nmax, D)
-    mask = np.zeros((len(picks), n_max), dtype=bool)  # (B, Nmax)
-    for b, (i, p) in enumerate(zip(slide_idx, picks, strict=True)):
-        start = int(store.offsets[i])
-        if len(p) == store.n_tiles[i]:
-            x[b, : len(p)] = store.features[start:start + len(p)]
-        else:
-            x[b, : len(p)] = store.features[start + p]
-        mask[b, : len(p)] = True
-    return torch.from_numpy(x), torch.from_numpy(mask)
+    x, mask = assemble(store, [pick_tiles(store, slide_idx, n_tiles, rng, mode)])
+    return x[0], mask[0]
+
+
+def _count_nonfinite(rows: np.ndarray) -> int:
+    """Number of rows of ``rows`` holding a NaN or an inf."""
+    if rows.size == 0:
+        return 0
+    return int((~np.isfinite(rows)).any(axis=1).sum())
+
+
+Pick = tuple[int, np.ndarray | None]  # (slide row, tile indices or None = the whole bag)
+
+
+def pick_tiles(store: BagStore, slide_idx: Sequence[int], n_tiles: int | None,
+               rng: np.random.Generator | None, mode: str = "random") -> list[Pick]:
+    """One tile sample per slide, drawing from ``rng`` exactly as :func:`collate` does."""
+    out: list[Pick] = []
+    for i in slide_idx:
+        n = int(store.n_tiles[i])
+        p = sample_tiles(n, n_tiles, rng, mode)
+        out.append((int(i), None if len(p) == n else p))
+    return out
+
+
+class BatchBuffer:
+    """Reusable memory for padded batches: grows when needed, never shrinks.
+
+    :meth:`take` returns a *contiguous* tensor of the asked shape on the
+    front of the buffer, so consecutive batches reuse the same pages.
+    """
+
+    def __init__(self) -> None:
+        self._flat = torch.empty(0)
+        self._mask = torch.empty(0, dtype=torch.bool)
+
+    def take(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = int(np.prod(shape))
+        if self._flat.numel() < n:
+            self._flat = torch.empty(n)
+        m = int(np.prod(shape[:-1]))
+        if self._mask.numel() < m:
+            self._mask = torch.empty(m, dtype=torch.bool)
+        return self._flat[:n].view(shape), self._mask[:m].view(shape[:-1])
+
+
+def assemble(store: BagStore, picks: Sequence[Sequence[Pick | None]], buffer: BatchBuffer | None = None,
+             pooled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded batches of S streams: ``x (S, B, N, D)`` float32, ``mask (S, B, N)``.
+
+    ``picks[s][b]`` is bag b of stream s, or None for an empty slot (a
+    1-tile bag of zeros, so that heads stay finite; the caller ignores its
+    output). Padding is zero. ``pooled=True`` gives each bag as its mean tile
+    ``(S, B, 1, D)`` (for heads with ``pools_by_mean``).
+    """
+    n_streams = len(picks)
+    width = max((len(p) for p in picks), default=0)
+    if pooled:
+        n_max = 1
+    else:
+        n_max = max((int(store.n_tiles[i]) if t is None else len(t)
+                     for p in picks for slot in p if slot is not None for i, t in [slot]), default=1)
+    shape = (n_streams, width, n_max, store.dim)
+    if buffer is None:
+        x, mask = torch.empty(shape), torch.empty(shape[:-1], dtype=torch.bool)
+    else:
+        x, mask = buffer.take(shape)
+    feats = store.tensor
+    means = store.bag_means() if pooled else None
+    for s, row in enumerate(picks):
+        for b in range(width):
+            slot = row[b] if b < len(row) else None
+            if slot is None:
+                x[s, b].zero_()
+                mask[s, b].zero_()
+                mask[s, b, 0] = True
+                continue
+            i, tiles = slot
+            start = int(store.offsets[i])
+            if pooled:
+                if tiles is None:
+                    x[s, b, 0] = means[i]
+                else:
+                    x[s, b, 0] = feats[start + torch.from_numpy(tiles)].float().mean(0)
+                mask[s, b, 0] = True
+                continue
+            n = int(store.n_tiles[i]) if tiles is None else len(tiles)
+            if tiles is None:
+                x[s, b, :n].copy_(feats[start:start + n])
+            else:
+                x[s, b, :n] = feats[start + torch.from_numpy(tiles)]
+            if n < n_max:
+                x[s, b, n:].zero_()
+            mask[s, b, :n] = True
+            mask[s, b, n:] = False
+    return x, mask

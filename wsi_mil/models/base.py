@@ -7,16 +7,36 @@ gives the same logits as the same bag alone, unpadded (tested for every head).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from wsi_mil.errors import ConfigError, EmptyBagError
+
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("wsi_mil_trusted_inputs", default=False)
+
+
+@contextlib.contextmanager
+def trusted_inputs() -> Iterator[None]:
+    """Inside this context heads skip their input checks and the zeroing of padding.
+
+    For the training engines only, whose batches come from
+    :class:`~wsi_mil.data.bags.BagStore` with zero padding and no empty bag
+    (checked once when the store is built): the checks cost a full masked
+    copy of every ``(B, N, D)`` batch and data-dependent branches.
+    """
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 class MILHead(nn.Module, ABC):
@@ -31,10 +51,14 @@ class MILHead(nn.Module, ABC):
     name: registry name, set by ``register_model``.
     permutation_invariant: True when shuffling a bag's tiles cannot change
         the output (False for TransMIL, whose positional encoding sees order).
+    pools_by_mean: True when the head sees a bag only through its mean tile.
     """
 
     name: ClassVar[str] = ""
     permutation_invariant: ClassVar[bool] = True
+    #: True when ``forward(x, mask) == forward(masked_mean(x, mask)[:, None], ones)``:
+    #: the head sees a bag only through its mean, so engines may pool once per bag.
+    pools_by_mean: ClassVar[bool] = False
 
     def __init__(self, in_dim: int, n_outputs: int) -> None:
         super().__init__()
@@ -84,7 +108,10 @@ class MILHead(nn.Module, ABC):
         """Check shapes, default the mask to all-real, zero the padded tiles.
 
         Zeroing makes whatever the padding holds (zeros, NaN) irrelevant.
+        Skipped inside :func:`trusted_inputs` (padding is zero there already).
         """
+        if _TRUSTED.get():
+            return x, mask
         if x.ndim != 3 or x.shape[-1] != self.in_dim:
             raise ConfigError(
                 f"{self.name or type(self).__name__} expects features (B, N, {self.in_dim}); "

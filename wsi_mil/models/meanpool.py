@@ -29,6 +29,8 @@ class MeanPool(MILHead):
     linear head the bag logit is exactly the mean of these per-tile scores.
     """
 
+    pools_by_mean = True
+
     def __init__(
         self,
         in_dim: int,

@@ -47,7 +47,7 @@ def test_linear_probe_with_a_test_folder_and_text_initialised_few_shot(tmp_path,
                  "few_shot.ks=[1,4]", "few_shot.seeds=[0,1]", "few_shot.epochs=5",
                  "few_shot.methods=[logreg,random_init,text_init,zero_shot]",
                  "text.encoder=plip", f"text.weights={tiny_plip['weights']}",
-                 "text.class_prompts={class0: [tumor], class1: normal}"])
+                 "text.class_prompts={class0: [tumor], class1: normal, class2: stroma}"])
     assert code == 0
     table = pd.read_csv(out / "few_shot_table.csv")
     assert table["k"].tolist() == [0, 1, 4]
@@ -73,7 +73,8 @@ def test_zero_shot_tile_mode_with_a_tiny_clip(tmp_path, tiles, tiny_plip):
     out = tmp_path / "zs"
     code = main(["zero-shot", "encoder=plip", f"weights={tiny_plip['weights']}",
                  f"tile_features_dir={folder}", f"output_dir={out}", "n_bootstrap=10",
-                 "drop_classes=[class2]", "image_retrieval_ks=[1,5]"])
+                 "drop_classes=[class2]", "image_retrieval_ks=[1,5]",
+                 "class_prompts={class0: [tumor], class1: normal}"])
     assert code == 0
     metrics = pd.read_csv(out / "zero_shot_tiles.csv")
     assert set(metrics["class"]) == {"class0", "class1", "macro"}

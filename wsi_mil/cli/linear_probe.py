@@ -20,9 +20,10 @@ def run(cfg: DictConfig) -> int:
 
     from wsi_mil.evaluation.few_shot import run_few_shot
     from wsi_mil.evaluation.linear_probe import run_linear_probe
+    from wsi_mil.evaluation.provenance import check_same_model
     from wsi_mil.evaluation.tables import wide_macro_table, write_table
+    from wsi_mil.evaluation.text_side import ClassText, text_side_from_encoder
     from wsi_mil.evaluation.tile_tasks import load_tile_task
-    from wsi_mil.evaluation.zero_shot import prototypes_from_encoder
 
     out = setup_run(cfg, cfg.output_dir, "linear_probe")
     task = load_tile_task(
@@ -54,11 +55,14 @@ def run(cfg: DictConfig) -> int:
                 from wsi_mil.errors import ConfigError
 
                 raise ConfigError(f"few_shot.methods {methods} need text.encoder (a CLIP-style encoder)")
-            prototypes = prototypes_from_encoder(
-                str(cfg.text.encoder), task.class_names, to_dict(cfg.text.class_prompts),
-                [str(t) for t in cfg.text.templates], weights=_opt(cfg.text.weights),
-                device=str(cfg.text.device),
-            )
+            side = text_side_from_encoder(str(cfg.text.encoder), _opt(cfg.text.weights),
+                                          str(cfg.text.device))
+            check_same_model(task.provenance, side.provenance,
+                             bool(cfg.text.allow_mixed_models), "few-shot text init")
+            text = ClassText(side, to_dict(cfg.text.class_prompts),
+                             [str(t) for t in cfg.text.templates],
+                             bool(cfg.text.labels_as_prompts))
+            prototypes = text.prototypes_for(task.class_names)
             if cfg.text.image_projection is not None:
                 projection = np.load(str(cfg.text.image_projection))
         result = run_few_shot(

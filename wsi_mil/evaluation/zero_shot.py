@@ -1,11 +1,15 @@
 """Zero-shot tile and slide classification with a CLIP-style encoder's text side.
 
 - Class prototypes (CLIP / MI-Zero): for class c with names ``n_1..n_m`` and
-  templates ``t_1..t_T`` ("an H&E image of {}."), embed the m x T prompts,
-  L2-normalise each, average, and L2-normalise the mean -> (C, D).
+  templates ``t_1..t_T`` ("an H&E image of {}." or, as MUSK and the CLIP
+  benchmark write them, "an H&E image of {c}."), embed the m x T prompts,
+  L2-normalise each, average, and L2-normalise the mean -> (C, D). Every class
+  needs prompts (:func:`class_names_for_labels`); using the raw label is an
+  explicit opt-in (``labels_as_prompts``).
 - Tile logits: cosine similarity of the L2-normalised image embedding (the
   encoder's joint-space output) with each prototype (N, C); probabilities =
-  ``softmax(logit_scale * cosine)`` (CLIP's trained ``logit_scale`` is ~100).
+  ``softmax(logit_scale * cosine)`` with the model's learned ``logit_scale``
+  (:func:`wsi_mil.evaluation.text_side.learned_logit_scale`, ~100 for CLIP).
 - Slide (MI-Zero ``topj_pooling``): per class, the mean of the ``top_k``
   highest tile similarities of that class; ``top_k=None`` ("all") is mean
   pooling; ``top_k`` larger than the slide is clipped. Slide prediction =
@@ -47,15 +51,25 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def fill_template(template: str, name: str) -> str:
+    """``template`` with its class placeholder(s) ``{}`` and / or ``{c}`` set to ``name``."""
+    try:
+        return template.format(name, c=name)
+    except (IndexError, KeyError, ValueError) as err:
+        raise ConfigError(f"template {template!r}: placeholders must be '{{}}' or '{{c}}' "
+                          f"({type(err).__name__}: {err})") from err
+
+
 def class_prompts(names: str | Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Every ``template.format(name)`` for the names (synonyms) of one class."""
+    """Every filled template (:func:`fill_template`) for the names (synonyms) of one class."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ConfigError("a class has no name; give at least one name per class")
-    bad = [t for t in templates if "{}" not in t]
+    bad = [t for t in templates if "{}" not in t and "{c}" not in t]
     if bad or not templates:
-        raise ConfigError(f"templates must be non-empty and each contain '{{}}'; bad: {bad}")
-    return [t.format(n) for n in names for t in templates]
+        raise ConfigError(f"templates must be non-empty and each contain '{{}}' or '{{c}}'; "
+                          f"bad: {bad}")
+    return [fill_template(t, n) for n in names for t in templates]
 
 
 @torch.no_grad()
@@ -187,18 +201,45 @@ def evaluate_slide_scores(
 
 
 def class_names_for_labels(
-    labels: Sequence[str], class_prompts: Mapping[str, str | Sequence[str]] | None
+    labels: Sequence[str],
+    class_prompts: Mapping[str, str | Sequence[str]] | None,
+    labels_as_prompts: bool = False,
 ) -> list[list[str]]:
-    """Names (synonyms) per label: ``class_prompts[label]``, else the label itself."""
+    """Names (synonyms) per label from ``class_prompts``.
+
+    A label without prompts is a :class:`ConfigError` listing every such label,
+    unless ``labels_as_prompts`` (then the raw label is its name, logged).
+    """
     class_prompts = {str(k): v for k, v in (class_prompts or {}).items()}
     unknown = sorted(set(class_prompts) - {str(lbl) for lbl in labels})
     if unknown:
         raise ConfigError(f"class prompts given for unknown labels {unknown}; labels: {list(labels)}")
+    missing = [str(lbl) for lbl in labels if not class_prompts.get(str(lbl))]
+    if missing and not labels_as_prompts:
+        raise ConfigError(f"class(es) {missing} have no prompts; give class_prompts for every "
+                          f"label of {list(map(str, labels))} (or labels_as_prompts=true to use "
+                          "the raw labels)")
+    if missing:
+        logger.warning("class(es) {} have no prompts: their raw labels are used", missing)
     out = []
     for label in labels:
-        names = class_prompts.get(str(label), str(label))
+        names = class_prompts.get(str(label)) or str(label)
         out.append([names] if isinstance(names, str) else [str(n) for n in names])
     return out
+
+
+def make_text_prototypes(
+    text_side: Any,
+    labels: Sequence[str],
+    class_prompts: Mapping[str, str | Sequence[str]] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    labels_as_prompts: bool = False,
+) -> np.ndarray:
+    """Prototypes (C, D) of ``labels`` from a text side (anything with ``encode_text``)."""
+    names = class_names_for_labels(labels, class_prompts, labels_as_prompts)
+    logger.info("class prompts of {}: {} classes x {} templates",
+                getattr(text_side, "name", type(text_side).__name__), len(names), len(templates))
+    return make_class_prototypes(text_side, names, templates)
 
 
 def prototypes_from_encoder(
@@ -209,12 +250,10 @@ def prototypes_from_encoder(
     weights: str | None = None,
     device: str = "cpu",
     precision: str | None = None,
+    labels_as_prompts: bool = False,
 ) -> np.ndarray:
     """Create the CLIP-style encoder and return the prototypes (C, D_joint) of ``labels``."""
-    from wsi_mil.encoders import create_encoder
+    from wsi_mil.evaluation.text_side import text_side_from_encoder
 
-    encoder = create_encoder(encoder_name, weights=weights, device=device, precision=precision)
-    names = class_names_for_labels(labels, class_prompts)
-    logger.info("zero-shot prompts of {}: {} classes x {} templates", encoder_name, len(names),
-                len(templates))
-    return make_class_prototypes(encoder, names, templates)
+    side = text_side_from_encoder(encoder_name, weights, device, precision)
+    return make_text_prototypes(side, labels, class_prompts, templates, labels_as_prompts)

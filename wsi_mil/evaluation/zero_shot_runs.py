@@ -2,68 +2,64 @@
 
 Stage functions behind ``wsi-mil zero-shot``; the maths is in
 :mod:`wsi_mil.evaluation.zero_shot` and :mod:`wsi_mil.evaluation.retrieval`.
-``text`` is the keyword arguments of
-:func:`~wsi_mil.evaluation.zero_shot.prototypes_from_encoder` except ``labels``
-(encoder_name, weights, device, precision, class_prompts, templates); a
-``prototypes`` entry (C, D) instead skips the encoder (tests, precomputed prompts).
+``text`` (:class:`~wsi_mil.evaluation.text_side.ClassText`) is the text side and
+the class prompts, or precomputed prototypes. Before anything is scored, the
+features' provenance (encoder, weights) is checked against the text side's
+(:func:`~wsi_mil.evaluation.provenance.check_same_model`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from loguru import logger
 
 from wsi_mil.errors import ConfigError, MissingFeaturesError
+from wsi_mil.evaluation.provenance import check_consistent, check_same_model
 from wsi_mil.evaluation.retrieval import image_to_image_retrieval
 from wsi_mil.evaluation.tables import wide_macro_table, write_table
+from wsi_mil.evaluation.text_side import ClassText, resolve_logit_scale
 from wsi_mil.evaluation.tile_metrics import classification_metrics
 from wsi_mil.evaluation.zero_shot import (
     evaluate_slide_scores,
     mizero_slide_scores,
-    prototypes_from_encoder,
     zero_shot_tiles,
 )
 
 
-def _prototypes(text: dict[str, Any], labels: Sequence[str], dim: int) -> np.ndarray:
-    if "prototypes" in text:
-        protos = np.asarray(text["prototypes"], dtype=np.float32)
-    else:
-        protos = prototypes_from_encoder(labels=labels, **text)
-    if protos.shape != (len(labels), dim):
-        raise ConfigError(
-            f"text prototypes {protos.shape} do not match {len(labels)} classes x feature dim {dim}: "
-            "the features must be the same CLIP-style encoder's image embeddings"
-        )
-    return protos
-
-
 def run_zero_shot_tiles(
     tile_features_dir: str | Path,
-    text: dict[str, Any],
+    text: ClassText,
     output_dir: str | Path,
     drop_classes: Sequence[str] = (),
     image_retrieval_ks: Sequence[int] = (1, 3, 5),
-    logit_scale: float = 100.0,
+    logit_scale: float | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    allow_mixed_models: bool = False,
 ) -> pd.DataFrame:
-    """Zero-shot metrics of every tile of a folder (+ image->image retrieval); returns the metrics."""
-    from wsi_mil.io.features import read_tile_features
+    """Zero-shot metrics of every tile of a folder (+ image->image retrieval); returns the metrics.
+
+    ``logit_scale=None`` uses the text side's learned scale.
+    """
+    from wsi_mil.io.features import read_tile_feature_set
 
     out = Path(output_dir)
-    feats, _ids, raw = read_tile_features(tile_features_dir)
-    raw = np.asarray(raw).astype(str)
+    data = read_tile_feature_set(tile_features_dir)
+    if data.labels is None:
+        raise ConfigError(f"{tile_features_dir} has no tile labels (embedded without a label "
+                          "column); zero-shot classification needs them")
+    check_same_model(data.provenance, text.model_provenance, allow_mixed_models, "zero-shot")
+    raw = data.labels
     keep = ~np.isin(raw, list(drop_classes))
-    feats, raw = np.asarray(feats, dtype=np.float32)[keep], raw[keep]
+    feats, raw = np.asarray(data.features, dtype=np.float32)[keep], raw[keep]
     labels = sorted(set(raw))
     y = np.searchsorted(np.array(labels), raw)
-    protos = _prototypes(text, labels, feats.shape[1])
-    probs, _ = zero_shot_tiles(feats, protos, logit_scale)
+    protos = text.prototypes_for(labels, feats.shape[1])
+    scale = resolve_logit_scale(logit_scale, text.learned_logit_scale, "zero-shot")
+    probs, _ = zero_shot_tiles(feats, protos, scale)
     table = classification_metrics(y, probs, labels, n_bootstrap=n_bootstrap, seed=seed)
     write_table(table, out / "zero_shot_tiles")
     macro = table[table["class"] == "macro"].set_index("metric")["value"]
@@ -79,18 +75,24 @@ def run_zero_shot_tiles(
 def run_zero_shot_slides(
     features_dir: str | Path,
     cohort_csv: str | Path,
-    text: dict[str, Any],
+    text: ClassText,
     output_dir: str | Path,
     features_source: str = "auto",
     label_column: str = "label",
     top_ks: Sequence[int | str | None] = (1, 5, 10, 50, 100, "all"),
-    logit_scale: float = 100.0,
+    logit_scale: float | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    allow_mixed_models: bool = False,
 ) -> pd.DataFrame:
     """MI-Zero on the cohort's slides; writes scores and metrics per K; returns the metrics."""
     from wsi_mil.data.cohort import read_cohort
-    from wsi_mil.io.feature_sources import list_feature_slides, read_slide_features, resolve_source
+    from wsi_mil.io.feature_sources import (
+        list_feature_slides,
+        read_slide_features,
+        read_slide_provenance,
+        resolve_source,
+    )
 
     out = Path(output_dir)
     cohort = read_cohort(cohort_csv, "classification", label_column)
@@ -106,14 +108,20 @@ def run_zero_shot_slides(
         raise MissingFeaturesError(f"no slide of {cohort_csv} has features in {features_dir} "
                                    f"(source {source})")
     labels = [str(c) for c in cohort.classes]
+    slide_ids = table["slide_id"].tolist()
+    provs = [(sid, read_slide_provenance(features_dir, sid, source)) for sid in slide_ids]
+    check_consistent(provs, f"features of {features_dir}")
+    known = next((p for _, p in provs if p.known), provs[0][1])
+    check_same_model(known, text.model_provenance, allow_mixed_models, "zero-shot (slides)")
     protos = None
     slides = {}
-    for slide_id in table["slide_id"]:
+    for slide_id in slide_ids:
         feats = np.asarray(read_slide_features(features_dir, slide_id, source), dtype=np.float32)
         if protos is None:
-            protos = _prototypes(text, labels, feats.shape[1])
+            protos = text.prototypes_for(labels, feats.shape[1])
         slides[slide_id] = feats
     scores = mizero_slide_scores(slides, protos, top_ks)
+    logit_scale = resolve_logit_scale(logit_scale, text.learned_logit_scale, "zero-shot (slides)")
     y = dict(zip(table["slide_id"], table["y"].astype(int), strict=True))
     scores["label"] = scores["slide_id"].map(y)
     write_table(scores, out / "zero_shot_slide_scores")

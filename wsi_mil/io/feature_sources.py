@@ -10,9 +10,12 @@ Formats (``source``):
   ``features`` (N, D) or (1, N, D) and ``coords``, no ``wsi_mil_version``.
 
 ``"auto"`` looks at the folder once (:func:`detect_feature_source`).
+:func:`read_slide_provenance` says which encoder / weights made a slide's
+features (h5 attributes; the reference layout's ``<slide_id>/meta.json``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import h5py
 import numpy as np
 
 from wsi_mil.errors import FileFormatError
+from wsi_mil.io.features import FeatureProvenance, provenance_from_attrs
 from wsi_mil.io.h5attrs import read_h5_attrs
 
 SOURCES = ("wsi_mil", "reference", "trident")
@@ -110,6 +114,27 @@ def read_slide_features(
         ds = _h5_features(f, path)
         arr = ds[0] if ds.ndim == 3 else ds[()]
     return arr
+
+
+def read_slide_provenance(
+    features_dir: str | Path, slide_id: str, source: str = "auto"
+) -> FeatureProvenance:
+    """Encoder and weights fingerprint recorded with one slide's features (None = not recorded)."""
+    source = resolve_source(features_dir, source)
+    path = feature_file(features_dir, slide_id, source)
+    if source == "reference":
+        meta = path.with_name("meta.json")
+        try:
+            attrs = json.loads(meta.read_text()) if meta.is_file() else {}
+        except (OSError, json.JSONDecodeError) as err:
+            raise FileFormatError(f"{meta} is not readable JSON: {err}") from err
+        return provenance_from_attrs(attrs, meta if attrs else path)
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = read_h5_attrs(f)
+    except OSError as err:
+        raise FileFormatError(f"{path} is not a readable h5 feature file: {err}") from err
+    return provenance_from_attrs(attrs, path)
 
 
 @dataclass

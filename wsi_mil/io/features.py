@@ -11,12 +11,21 @@ Our layout, ``<output_dir>/<encoder>/<tiling_name>/<slide_id>.h5``:
 
 Reference layout: ``<root>/<encoder>/<cohort>/<slide_id>/features.npy`` (N, 3 + D),
 columns 0..2 = (dz_level, col, row). Tile-level datasets: ``tile_features.npy``
-(N, D), ``tile_ids.npy`` (N,) str, ``tile_labels.npy`` (N,) str in one folder.
+(N, D), ``tile_ids.npy`` (N,) str, ``tile_labels.npy`` (N,) str in one folder,
+with ``meta.json`` (encoder, weights_sha256, dataset, ...) written by
+``wsi-mil extract-tiles`` and optionally ``tile_sources.npy`` (N,) str, the
+absolute path of each tile image (what identifies a tile across datasets).
 Every write is atomic (temporary file + rename).
+
+Provenance: :func:`read_tile_feature_set` and
+:func:`wsi_mil.io.feature_sources.read_slide_provenance` return a
+:class:`FeatureProvenance` (encoder name + weights fingerprint) read from what
+extraction recorded; both fields are ``None`` when nothing was recorded.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,8 @@ FEATURE_DTYPES = ("float16", "float32")
 TILE_FEATURES = "tile_features.npy"
 TILE_IDS = "tile_ids.npy"
 TILE_LABELS = "tile_labels.npy"
+TILE_SOURCES = "tile_sources.npy"
+TILE_META = "meta.json"
 
 
 @dataclass
@@ -120,19 +131,31 @@ def read_reference_features(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_tile_features(folder: str | Path, features: np.ndarray, tile_ids: np.ndarray,
-                        labels: np.ndarray) -> Path:
-    """``tile_features.npy`` (N, D), ``tile_ids.npy`` (N,), ``tile_labels.npy`` (N,)."""
+                        labels: np.ndarray, sources: np.ndarray | None = None) -> Path:
+    """``tile_features.npy`` (N, D), ``tile_ids.npy`` (N,), ``tile_labels.npy`` (N,)
+    and, when given, ``tile_sources.npy`` (N,) (absolute image paths)."""
     folder = Path(folder)
     if not len(features) == len(tile_ids) == len(labels):
         raise FileFormatError(
             f"{folder}: {len(features)} features, {len(tile_ids)} ids, {len(labels)} labels"
         )
-    for name, arr in ((TILE_FEATURES, np.asarray(features)),
-                      (TILE_IDS, np.asarray(tile_ids, dtype=str)),
-                      (TILE_LABELS, np.asarray(labels, dtype=str))):
-        with atomic_path(folder / name) as tmp:
-            np.save(tmp, arr)
+    arrays = [(TILE_FEATURES, np.asarray(features)), (TILE_IDS, np.asarray(tile_ids, dtype=str)),
+              (TILE_LABELS, np.asarray(labels, dtype=str))]
+    if sources is not None:
+        if len(sources) != len(tile_ids):
+            raise FileFormatError(f"{folder}: {len(sources)} sources for {len(tile_ids)} ids")
+        arrays.append((TILE_SOURCES, np.asarray(sources, dtype=str)))
+    for name, arr in arrays:
+        write_tile_array(folder, name, arr)
     return folder
+
+
+def write_tile_array(folder: str | Path, name: str, array: np.ndarray) -> Path:
+    """One ``.npy`` of a tile-level folder, atomically (e.g. new labels, no new features)."""
+    path = Path(folder) / name
+    with atomic_path(path) as tmp:
+        np.save(tmp, np.asarray(array))
+    return path
 
 
 def read_tile_features(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,3 +166,101 @@ def read_tile_features(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.n
     if missing:
         raise FileFormatError(f"{folder} has no {missing}")
     return tuple(np.load(p) for p in paths)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FeatureProvenance:
+    """Which model made some features: encoder name and weights fingerprint (None = unknown)."""
+
+    encoder: str | None = None
+    weights_sha256: str | None = None
+    source: str = ""  # where it was read (meta.json, an h5 file) or what made it
+
+    @property
+    def known(self) -> bool:
+        return bool(self.encoder or self.weights_sha256)
+
+    def describe(self) -> str:
+        if not self.known:
+            return f"unknown model ({self.source or 'no provenance recorded'})"
+        sha = (self.weights_sha256 or "?")[:12]
+        return f"{self.encoder or '?'} (weights sha256 {sha})"
+
+
+def provenance_from_attrs(attrs: dict[str, Any], source: str | Path = "") -> FeatureProvenance:
+    """:class:`FeatureProvenance` from extraction attrs / meta (``encoder``, ``weights_sha256``)."""
+    encoder = str(attrs.get("encoder") or "") or None
+    sha = str(attrs.get("weights_sha256") or "") or None
+    return FeatureProvenance(encoder, sha, str(source))
+
+
+def read_tile_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``meta.json`` of a tile-level folder; ``{}`` when there is none."""
+    path = Path(folder) / TILE_META
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FileFormatError(f"{path} is not readable JSON: {err}") from err
+
+
+@dataclass
+class TileFeatureSet:
+    """A tile-level folder: features, ids, labels and where they come from.
+
+    ``labels`` is None for an unlabelled dataset (``meta.json`` ``labelled: false``,
+    e.g. images embedded for retrieval). ``sources`` are the tiles' absolute
+    image paths when extraction recorded them (None otherwise); ``dataset`` is the
+    dataset name of ``meta.json`` (else the folder name).
+    """
+
+    features: np.ndarray                 # (N, D)
+    tile_ids: np.ndarray                 # (N,) str, as written (relative to the dataset)
+    labels: np.ndarray | None            # (N,) str
+    provenance: FeatureProvenance
+    dataset: str = ""
+    sources: np.ndarray | None = None    # (N,) str
+    meta: dict[str, Any] = field(default_factory=dict)
+    folder: str = ""
+
+    def __len__(self) -> int:
+        return len(self.tile_ids)
+
+    @property
+    def qualified_ids(self) -> np.ndarray:
+        """``<dataset>:<tile_id>``: equal relative ids of two datasets differ."""
+        return np.char.add(f"{self.dataset}:", self.tile_ids.astype(str))
+
+
+def tile_keys(*sets: TileFeatureSet) -> list[np.ndarray]:
+    """Keys that identify the tiles of several sets against each other.
+
+    The absolute source paths when every set recorded them (a tile listed by
+    two datasets is the same key; equal relative names in two folders are
+    not), else the dataset-qualified ids.
+    """
+    if all(s.sources is not None for s in sets):
+        return [np.asarray(s.sources).astype(str) for s in sets]
+    return [s.qualified_ids for s in sets]
+
+
+def read_tile_feature_set(folder: str | Path) -> TileFeatureSet:
+    """Read a tile-level folder with its provenance (:class:`TileFeatureSet`)."""
+    folder = Path(folder)
+    feats, ids, labels = read_tile_features(folder)
+    ids = np.asarray(ids).astype(str)
+    meta = read_tile_meta(folder)
+    sources = None
+    if (folder / TILE_SOURCES).is_file():
+        sources = np.load(folder / TILE_SOURCES).astype(str)
+        if sources.shape != ids.shape:
+            raise FileFormatError(f"{folder}: {TILE_SOURCES} has {sources.size} rows for "
+                                  f"{ids.size} ids")
+    labelled = bool(meta.get("labelled", True))
+    return TileFeatureSet(
+        features=feats, tile_ids=ids, labels=np.asarray(labels).astype(str) if labelled else None,
+        provenance=provenance_from_attrs(meta, folder / TILE_META if meta else folder),
+        dataset=str(meta.get("dataset") or folder.name), sources=sources, meta=meta,
+        folder=str(folder),
+    )

@@ -10,7 +10,11 @@ from wsi_mil.models import MILHead, create_model, list_models
 from wsi_mil.testing.synthetic_bags import make_synthetic_bags, pad_bags
 
 ALL_HEADS = list_models()
-NOT_PERMUTATION_INVARIANT = {"transmil"}  # PPEG convolutions see the tile order
+NOT_PERMUTATION_INVARIANT = {"transmil", "transmil_ref"}  # PPEG convolutions see the tile order
+# The reference TransMIL zero-initialises its classifier: every logit is then 0 and
+# no gradient flows upstream, which would make the tests below vacuous. They use a
+# random classifier for it (its zero initialisation has its own test).
+ZERO_INIT_CLASSIFIER = {"transmil_ref"}
 D = 32
 # The bias of an attention logit shifts every logit of the bag equally, so the
 # softmax ignores it: its gradient is connected but zero by construction (kept
@@ -18,15 +22,25 @@ D = 32
 SOFTMAX_SHIFT_INVARIANT = {"attention.attention_c.bias"}
 
 
+def _create(name: str, in_dim: int, n_outputs: int) -> MILHead:
+    model = create_model(name, in_dim, n_outputs)
+    if name in ZERO_INIT_CLASSIFIER:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=gen))
+            model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=gen))
+    return model
+
+
 def _bags(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]:
     return [rng.standard_normal((n, D)).astype(np.float32) for n in sizes]
 
 
-def test_registry_lists_the_six_heads_of_the_reference():
-    assert ALL_HEADS == ["abmil", "chowder", "dsmil", "hipt_mil", "meanpool", "transmil"]
+def test_registry_lists_the_six_heads_of_the_reference_and_the_reference_transmil():
+    assert ALL_HEADS == ["abmil", "chowder", "dsmil", "hipt_mil", "meanpool", "transmil", "transmil_ref"]
 
 
-def test_only_transmil_is_declared_order_dependent():
+def test_only_the_transmils_are_declared_order_dependent():
     created = {name: create_model(name, D, 1) for name in ALL_HEADS}
     order_dependent = {n for n, m in created.items() if not m.permutation_invariant}
     assert order_dependent == NOT_PERMUTATION_INVARIANT
@@ -35,7 +49,7 @@ def test_only_transmil_is_declared_order_dependent():
 @pytest.mark.parametrize("name", ALL_HEADS)
 @pytest.mark.parametrize("n_outputs", [1, 3])
 def test_output_is_finite_b_by_c_and_gradients_reach_every_parameter(name, n_outputs, rng):
-    model = create_model(name, D, n_outputs)
+    model = _create(name, D, n_outputs)
     assert isinstance(model, MILHead) and model.name == name
     x, mask = pad_bags(_bags(rng, [30, 7, 19]))
     logits = model(x, mask)
@@ -53,7 +67,7 @@ def test_masked_padded_batch_gives_each_bag_its_unpadded_logits(name, n_outputs,
     # sizes cross TransMIL's grid sides and Nystrom landmark groups (> 256 tokens),
     # and include bags shorter than Chowder's 10 + 10 extremes
     bags = _bags(rng, [5, 300, 17, 64, 1, 260])
-    model = create_model(name, D, n_outputs).eval()
+    model = _create(name, D, n_outputs).eval()
     x, mask = pad_bags(bags)
     x[~mask] = float("nan")  # whatever the padding holds must not matter
     with torch.no_grad():
@@ -68,7 +82,7 @@ def test_padding_placed_anywhere_in_the_bag_is_ignored(name, rng):
     x = torch.cat([bag[:, :10], torch.zeros(1, 25, D), bag[:, 10:]], dim=1)  # (1, 65, D)
     mask = torch.ones(1, 65, dtype=torch.bool)
     mask[:, 10:35] = False
-    model = create_model(name, D, 2).eval()
+    model = _create(name, D, 2).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x, mask), model(bag), atol=1e-5, rtol=1e-5)
 
@@ -77,7 +91,7 @@ def test_padding_placed_anywhere_in_the_bag_is_ignored(name, rng):
 def test_shuffling_the_tiles_of_a_bag_leaves_the_logits_unchanged(name, rng):
     x, mask = pad_bags(_bags(rng, [50, 33]))
     perm = torch.from_numpy(rng.permutation(50))
-    model = create_model(name, D, 3).eval()
+    model = _create(name, D, 3).eval()
     with torch.no_grad():
         shuffled = model(x[:, perm], mask[:, perm])
         torch.testing.assert_close(shuffled, model(x, mask), atol=1e-5, rtol=1e-5)
@@ -95,7 +109,7 @@ def test_transmil_depends_on_tile_order_as_documented(rng):
 def test_tile_scores_are_b_by_n_finite_on_real_tiles_and_nan_on_padding(name, n_outputs, rng):
     bags = _bags(rng, [30, 7, 300])
     x, mask = pad_bags(bags)
-    model = create_model(name, D, n_outputs).eval()
+    model = _create(name, D, n_outputs).eval()
     with torch.no_grad():
         scores = model.tile_scores(x, mask)
         alone = model.tile_scores(torch.from_numpy(bags[1])[None])
@@ -143,6 +157,8 @@ def test_unknown_model_name_lists_the_registered_heads():
         ("dsmil", {"out_logits": "median"}),
         ("hipt_mil", {"dropout": 1.5}),
         ("transmil", {"n_heads": 7}),
+        ("transmil_ref", {"n_heads": 7}),
+        ("transmil_ref", {"dropout": -0.1}),
         ("meanpool", {"hidden": [64, 0]}),
     ],
 )
@@ -181,7 +197,7 @@ def test_synthetic_bags_have_requested_sizes_labels_and_witnesses():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALL_HEADS)
+@pytest.mark.parametrize("name", sorted(set(ALL_HEADS) - {"transmil_ref"}))  # dense 1536^2 x 7^2 convs
 def test_a_20000_tile_bag_of_1536_d_features_runs_on_cpu(name):
     # TransMIL goes through Nystrom attention (linear in N), HIPT-MIL through
     # torch's fused attention; timings and memory: dev_tools/bench_heads.py

@@ -12,6 +12,7 @@ from wsi_mil.models.hipt_mil import HIPTMIL
 from wsi_mil.models.meanpool import MeanPool
 from wsi_mil.models.registry import MODELS, create_model, list_models, register_model
 from wsi_mil.models.transmil import TransMIL
+from wsi_mil.models.transmil_ref import TransMILRef
 
 __all__ = [
     "ABMIL",
@@ -22,6 +23,7 @@ __all__ = [
     "MILHead",
     "MeanPool",
     "TransMIL",
+    "TransMILRef",
     "create_model",
     "list_models",
     "register_model",

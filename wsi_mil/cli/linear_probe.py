@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> int:
             head_kwargs={"epochs": int(fs.epochs), "lr": float(fs.lr),
                          "logit_scale": float(fs.logit_scale)},
             probe_kwargs={"cv": int(cfg.cv_folds)},
-            train_ids=task.train_ids, test_ids=task.test_ids,
+            train_ids=task.train_keys, test_ids=task.test_keys,
         )
         write_table(result.per_seed, out / "few_shot")
         write_table(result.summary, out / "few_shot_summary")

@@ -148,23 +148,34 @@ def top_k_label(top_k: int | str | None) -> str:
     return "all" if k is None else str(k)
 
 
+def mizero_slide_rows(
+    slide_id: str, similarities: np.ndarray, top_ks: Sequence[int | str | None]
+) -> list[dict[str, Any]]:
+    """One slide's rows of :func:`mizero_slide_scores` from its tile similarities (N, C)."""
+    sims = np.asarray(similarities)
+    rows = []
+    for top_k in top_ks:
+        pooled = mizero_pool(sims, top_k)
+        rows.append({"slide_id": str(slide_id), "top_k": top_k_label(top_k),
+                     "n_tiles": sims.shape[0],
+                     **{f"score_{c}": float(pooled[c]) for c in range(sims.shape[1])},
+                     "pred": int(pooled.argmax())})
+    return rows
+
+
 def mizero_slide_scores(
     slides: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
     prototypes: np.ndarray,
     top_ks: Sequence[int | str | None] = (1, 5, 10, 50, 100, "all"),
 ) -> pd.DataFrame:
-    """Pooled class scores per slide and K: columns slide_id, top_k, n_tiles, score_0.., pred."""
+    """Pooled class scores per slide and K: columns slide_id, top_k, n_tiles, score_0.., pred.
+
+    ``slides`` may be a generator: one slide's features are held at a time.
+    """
     items = slides.items() if isinstance(slides, Mapping) else slides
-    n_classes = np.asarray(prototypes).shape[0]
     rows = []
     for slide_id, feats in items:
-        sims = cosine_logits(feats, prototypes)  # (N, C)
-        for top_k in top_ks:
-            pooled = mizero_pool(sims, top_k)
-            rows.append({"slide_id": str(slide_id), "top_k": top_k_label(top_k),
-                         "n_tiles": sims.shape[0],
-                         **{f"score_{c}": float(pooled[c]) for c in range(n_classes)},
-                         "pred": int(pooled.argmax())})
+        rows.extend(mizero_slide_rows(slide_id, cosine_logits(feats, prototypes), top_ks))
     return pd.DataFrame(rows)
 
 

@@ -23,10 +23,12 @@ from wsi_mil.evaluation.tables import wide_macro_table, write_table
 from wsi_mil.evaluation.text_side import ClassText, resolve_logit_scale
 from wsi_mil.evaluation.tile_metrics import classification_metrics
 from wsi_mil.evaluation.zero_shot import (
+    cosine_logits,
     evaluate_slide_scores,
-    mizero_slide_scores,
+    mizero_slide_rows,
     zero_shot_tiles,
 )
+from wsi_mil.io.scores import open_tile_score_writer
 
 
 def run_zero_shot_tiles(
@@ -85,9 +87,15 @@ def run_zero_shot_slides(
     seed: int = 0,
     allow_mixed_models: bool = False,
 ) -> pd.DataFrame:
-    """MI-Zero on the cohort's slides; writes scores and metrics per K; returns the metrics."""
+    """MI-Zero on the cohort's slides; writes scores and metrics per K; returns the metrics.
+
+    Streams: one slide's features are in memory at a time (peak memory does not
+    grow with the cohort; ``dev_tools/bench_zero_shot_rss.py``). Per-tile cosine
+    similarities go to ``zero_shot_tile_scores.h5`` (:mod:`wsi_mil.io.scores`).
+    """
     from wsi_mil.data.cohort import read_cohort
     from wsi_mil.io.feature_sources import (
+        feature_shape,
         list_feature_slides,
         read_slide_features,
         read_slide_provenance,
@@ -113,14 +121,18 @@ def run_zero_shot_slides(
     check_consistent(provs, f"features of {features_dir}")
     known = next((p for _, p in provs if p.known), provs[0][1])
     check_same_model(known, text.model_provenance, allow_mixed_models, "zero-shot (slides)")
-    protos = None
-    slides = {}
-    for slide_id in slide_ids:
-        feats = np.asarray(read_slide_features(features_dir, slide_id, source), dtype=np.float32)
-        if protos is None:
-            protos = text.prototypes_for(labels, feats.shape[1])
-        slides[slide_id] = feats
-    scores = mizero_slide_scores(slides, protos, top_ks)
+    protos = text.prototypes_for(labels, feature_shape(features_dir, slide_ids[0], source)[1])
+    rows: list[dict] = []
+    with open_tile_score_writer(out / "zero_shot_tile_scores.h5", labels) as tile_scores:
+        for i, slide_id in enumerate(slide_ids):  # one slide's features in memory at a time
+            feats = read_slide_features(features_dir, slide_id, source)
+            sims = cosine_logits(feats, protos)  # (N, C)
+            del feats
+            rows.extend(mizero_slide_rows(slide_id, sims, top_ks))
+            tile_scores.write(slide_id, sims)
+            if (i + 1) % 500 == 0:
+                logger.info("MI-Zero: {} / {} slides scored", i + 1, len(slide_ids))
+    scores = pd.DataFrame(rows)
     logit_scale = resolve_logit_scale(logit_scale, text.learned_logit_scale, "zero-shot (slides)")
     y = dict(zip(table["slide_id"], table["y"].astype(int), strict=True))
     scores["label"] = scores["slide_id"].map(y)

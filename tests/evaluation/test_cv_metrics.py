@@ -109,3 +109,144 @@ def test_repeated_cv_interval_is_taken_over_repeat_means():
     half = student_t.ppf(0.975, 2) * means.std(ddof=1) / np.sqrt(3)
     assert (low, high) == pytest.approx((mean - half, mean + half))
     assert repeated_cv_ci(values[:3], repeats[:3]) == pytest.approx(mean_ci(values[:3]))
+
+
+# --- reference multiclass AUC, std_ref ----------------------------------------------------
+def _reference_mean_one_vs_all_auc(labels, logits):
+    """rl_benchmarks.metrics.compute_mean_one_vs_all_auc, transcribed."""
+    aucs = []
+    for i in np.unique(labels):
+        try:
+            aucs.append(roc_auc_score(np.array(labels == i, int), logits[:, int(i)]))
+        except ValueError:
+            aucs.append(np.nan)
+    return np.mean(aucs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_auc_over_present_classes_equals_the_reference_on_logits(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.choice([0, 2, 3], 60)  # class 1 absent from this fold
+    logits = rng.normal(size=(60, 4)).round(1)
+    assert macro_ovr_auc(y, logits, classes="present") == pytest.approx(
+        _reference_mean_one_vs_all_auc(y, logits), abs=1e-12)
+    with pytest.warns(MetricWarning):
+        assert np.isnan(macro_ovr_auc(y, logits))  # sklearn style refuses the absent class
+
+
+def test_macro_auc_rejects_an_unknown_class_rule():
+    from wsi_mil.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'some'"):
+        macro_ovr_auc([0, 1], np.eye(2), classes="some")
+
+
+def test_std_ref_is_the_population_sd_of_the_finite_values():
+    from wsi_mil.evaluation.metrics import std_ref
+
+    v = np.array([0.6, 0.7, np.nan, 0.9, 0.8, 0.75])
+    assert std_ref(v) == pytest.approx(np.std([0.6, 0.7, 0.9, 0.8, 0.75]))
+    assert std_ref(v) * np.sqrt(5 / 4) == pytest.approx(np.nanstd(v, ddof=1))
+
+
+# --- survival beyond Harrell: scikit-survival and naive versions, ties and censoring -------
+def _survival(rng, n, censor_scale=8.0):
+    risk = rng.normal(size=n)
+    t = np.ceil(rng.exponential(5 * np.exp(-risk)))  # integer times: many ties
+    c = np.ceil(rng.exponential(censor_scale, n))
+    return np.minimum(t, c), (t <= c).astype(int), risk + 0.5 * rng.normal(size=n)
+
+
+def _censoring_survival(train_time, train_event, x):
+    """Kaplan-Meier of the censoring times, events before censorings at tied times."""
+    s = 1.0
+    for u in np.unique(train_time):
+        if u > x:
+            break
+        c = ((train_time == u) & (train_event == 0)).sum()
+        at_risk = (train_time >= u).sum() - ((train_time == u) & (train_event == 1)).sum()
+        if c:
+            s *= 1 - c / at_risk
+    return s
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_uno_c_index_equals_scikit_survival_and_a_naive_ipcw_count(seed):
+    from sksurv.metrics import concordance_index_ipcw
+    from sksurv.util import Surv
+
+    from wsi_mil.evaluation.metrics import uno_c_index
+
+    rng = np.random.default_rng(seed)
+    tt, te, _ = _survival(rng, 150)
+    t, e, r = _survival(rng, 60)
+    tau = float(np.quantile(t[e == 1], 0.8))
+    num = den = 0.0
+    for i in range(t.size):
+        if not e[i] or t[i] >= tau:
+            continue
+        w = _censoring_survival(tt, te, t[i]) ** -2
+        for j in range(t.size):
+            if t[i] < t[j] or (t[i] == t[j] and not e[j]):
+                den += w
+                num += w * (1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0)
+    ours = uno_c_index(tt, te, t, e, r, tau=tau)
+    assert ours == pytest.approx(num / den, abs=1e-12)
+    lib = concordance_index_ipcw(Surv.from_arrays(te.astype(bool), tt), Surv.from_arrays(e.astype(bool), t), r, tau)
+    assert ours == lib[0]
+
+
+def test_uno_c_index_without_comparable_pairs_is_nan_with_a_warning():
+    from wsi_mil.evaluation.metrics import uno_c_index
+
+    with pytest.warns(MetricWarning, match="Uno"):
+        assert np.isnan(uno_c_index([1.0, 2.0, 3.0], [1, 0, 1], [1.0, 2.0], [0, 0], [0.1, 0.2]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_time_dependent_auc_equals_a_naive_cumulative_dynamic_count(seed):
+    from wsi_mil.evaluation.metrics import time_dependent_auc
+
+    rng = np.random.default_rng(seed)
+    tt, te, _ = _survival(rng, 150)
+    t, e, r = _survival(rng, 60)
+    times = np.quantile(t[e == 1], [0.25, 0.5, 0.75])
+    aucs, mean = time_dependent_auc(tt, te, t, e, r, times)
+    for k, s in enumerate(times):
+        cases = np.flatnonzero((t <= s) & (e == 1))
+        controls = np.flatnonzero(t > s)
+        w = np.array([1 / _censoring_survival(tt, te, t[i]) for i in cases])
+        conc = (r[cases][:, None] > r[controls][None, :]) + 0.5 * (r[cases][:, None] == r[controls][None, :])
+        assert aucs[k] == pytest.approx((w @ conc).sum() / (w.sum() * controls.size), abs=1e-12)
+    assert aucs.min() <= mean <= aucs.max()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_breslow_survival_and_integrated_brier_score_equal_naive_versions_with_ties(seed):
+    from wsi_mil.evaluation.metrics import breslow_survival, integrated_brier_score
+
+    rng = np.random.default_rng(seed)
+    tt, te, tr = _survival(rng, 150)
+    t, e, r = _survival(rng, 60)
+    times = np.linspace(np.quantile(t, 0.1), np.quantile(t, 0.7), 8)
+    # Breslow: H0(s) = sum over event times u <= s of d_u / sum_{t_j >= u} exp(r_j)
+    h0 = np.array([sum(((tt == u) & (te == 1)).sum() / np.exp(tr[tt >= u]).sum()
+                       for u in np.unique(tt[te == 1]) if u <= s) for s in times])
+    surv = np.exp(-h0)[None, :] ** np.exp(r)[:, None]
+    np.testing.assert_allclose(breslow_survival(tr, tt, te, r, times), surv, rtol=1e-10)
+    brier = []
+    for k, s in enumerate(times):
+        died = (t <= s) & (e == 1)
+        g_i = np.array([_censoring_survival(tt, te, x) for x in t])
+        g_s = _censoring_survival(tt, te, s)
+        brier.append(np.mean(np.where(died, surv[:, k] ** 2 / np.where(died, g_i, 1.0), 0.0)
+                             + np.where(t > s, (1 - surv[:, k]) ** 2 / g_s, 0.0)))
+    expected = np.trapezoid(brier, times) / (times[-1] - times[0])
+    assert integrated_brier_score(tt, te, tr, t, e, r, times) == pytest.approx(expected, rel=1e-10)
+
+
+def test_integrated_brier_score_needs_two_time_points():
+    from wsi_mil.evaluation.metrics import integrated_brier_score
+
+    with pytest.warns(MetricWarning, match=">= 2 time points"):
+        assert np.isnan(integrated_brier_score([1, 2], [1, 1], [0, 0], [1, 2], [1, 0], [0, 0], [1.5]))

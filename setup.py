@@ -19,7 +19,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["wsi_mil", "wsi_mil.*"]),
-    package_data={"wsi_mil": ["conf/*.yaml", "conf/**/*.yaml"]},
+    package_data={"wsi_mil": ["conf/*.yaml", "conf/**/*.yaml", "testing/manifests/*.json"]},
     include_package_data=True,
     install_requires=[
         # torch 2.13 CPU wheels break torchvision (needed by timm / open_clip):

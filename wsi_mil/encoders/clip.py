@@ -3,14 +3,21 @@
 - ``plip`` (vinid/plip): a transformers ``CLIPModel`` folder;
 - ``biomedclip`` (microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224): open_clip,
   ViT-B/16 + PubMedBERT text tower;
-- ``unimed_clip``: open_clip ViT-B/16 image tower + BiomedBERT text tower, from a
-  local checkpoint (or a folder / hub repo with an ``open_clip_config.json``);
+- ``unimed_clip``: open_clip ViT-B/16 (quick GELU) image tower + BiomedBERT text tower,
+  from the released training checkpoint (``unimed_clip_vit_b16.pt``:
+  ``{"state_dict": {"module.…"}, ...}``, text tower named ``text_encoder``; renamed
+  to open_clip's ``text`` on load), a folder holding it, or a folder / hub repo with an
+  ``open_clip_config.json``;
 - ``open_clip:<model name>`` or ``open_clip:hf-hub:<org/repo>``: any open_clip model.
 
 open_clip loading: the model config comes from ``open_clip_config.json`` in the
 weights folder (hub snapshot or local folder), else the built-in config; the
-model is built with ``pretrained=False`` towers, then ``open_clip.load_checkpoint``
-loads the checkpoint strictly. ``forward`` returns the image embedding in the
+model is built with ``pretrained=False`` towers, then the checkpoint is read safely
+(``weights_only``), unwrapped (``state_dict``, ``module.``), renamed where the
+released layout differs from open_clip's, and loaded strictly
+(:class:`~wsi_mil.encoders.weights.CheckpointLayoutError` lists mismatches).
+``vision_cfg.timm_model_kwargs`` (a wsi_mil extension, for tiny test towers) is
+passed to ``timm.create_model`` of a timm image tower. ``forward`` returns the image embedding in the
 joint space (projected, not normalised); ``encode_text(prompts)`` returns
 (P, D_joint) text embeddings in the same space (not normalised).
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +44,12 @@ from wsi_mil.encoders.registry import register_encoder, register_prefix
 from wsi_mil.encoders.weights import (
     ResolvedWeights,
     hub_cache_dir,
+    load_strict,
     read_arch_overrides,
+    read_state_dicts,
     resolve_weights,
+    strip_prefixes,
+    unwrap_state_dict,
 )
 from wsi_mil.errors import ConfigError, FileFormatError
 
@@ -116,6 +128,22 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+@contextmanager
+def _timm_kwargs(extra: dict[str, Any]):
+    """Pass ``extra`` to open_clip's ``timm.create_model`` (open_clip has no such option)."""
+    if not extra:
+        yield
+        return
+    import open_clip.timm_model as otm
+
+    create = otm.timm.create_model
+    otm.timm.create_model = lambda *a, **kw: create(*a, **{**kw, **extra})
+    try:
+        yield
+    finally:
+        otm.timm.create_model = create
+
+
 def build_open_clip(model_cfg: dict[str, Any]) -> nn.Module:
     """An open_clip CLIP / CustomTextCLIP from a config dict, towers not pretrained."""
     from open_clip.model import CLIP, CustomTextCLIP
@@ -123,12 +151,36 @@ def build_open_clip(model_cfg: dict[str, Any]) -> nn.Module:
     cfg = copy.deepcopy(model_cfg)
     custom = bool(cfg.pop("custom_text", False))
     text_cfg, vision_cfg = cfg.setdefault("text_cfg", {}), cfg.setdefault("vision_cfg", {})
+    timm_extra = vision_cfg.pop("timm_model_kwargs", None) or {}
     if "hf_model_name" in text_cfg:
         text_cfg["hf_model_pretrained"] = False
         custom = True
     if "timm_model_name" in vision_cfg:
         vision_cfg["timm_model_pretrained"] = False
-    return (CustomTextCLIP if custom else CLIP)(**cfg)
+    with _timm_kwargs(timm_extra):
+        return (CustomTextCLIP if custom else CLIP)(**cfg)
+
+
+def convert_open_clip_state(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """A released open_clip-style checkpoint -> the keys of ``model`` (an open_clip model).
+
+    - ``{"state_dict": ...}`` / ``{"model": ...}`` training checkpoints are unwrapped and
+      the DDP ``module.`` prefix dropped;
+    - UniMed-CLIP's ``CLIP`` names its Hugging Face text tower ``text_encoder``; open_clip's
+      ``CustomTextCLIP`` calls it ``text``;
+    - ``*.embeddings.position_ids`` (a persistent buffer in transformers < 4.31) is dropped
+      when the model no longer has it.
+    """
+    state = strip_prefixes(unwrap_state_dict(state, ("state_dict", "model")), ("module.",))
+    expected = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        if key.startswith("text_encoder.") and not any(k.startswith("text_encoder.") for k in expected):
+            key = "text." + key.removeprefix("text_encoder.")
+        if key.endswith("embeddings.position_ids") and key not in expected:
+            continue
+        out[key] = value
+    return out
 
 
 def build_open_clip_tokenizer(text_cfg: dict[str, Any], folder: Path | None):
@@ -145,12 +197,9 @@ def build_open_clip_tokenizer(text_cfg: dict[str, Any], folder: Path | None):
 
 
 def load_open_clip_checkpoint(model: nn.Module, resolved: ResolvedWeights, name: str) -> None:
-    import open_clip
-
-    try:
-        open_clip.load_checkpoint(model, str(resolved.file), strict=True)
-    except RuntimeError as exc:
-        raise FileFormatError(f"weights {resolved.source} do not fit encoder {name!r}: {exc}") from exc
+    """Read (weights_only), convert (:func:`convert_open_clip_state`) and load strictly."""
+    state = convert_open_clip_state(read_state_dicts(resolved.files), model)
+    load_strict(model, state, name, resolved.source)
 
 
 def make_open_clip_encoder(

@@ -56,13 +56,23 @@ class ResNetEncoder(Encoder):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, C)
 
 
+def convert_resnet_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """torchvision-layout checkpoint (flat or nested, ``module.``) -> trunk keys, ``fc`` dropped."""
+    state = unwrap_state_dict(state)
+    return {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def build_resnet(args: dict[str, Any]) -> ResNet:
+    args = {"layers": [3, 4, 6, 3], **args}
+    model = ResNet(Bottleneck, list(args.pop("layers")), **args)
+    model.fc = nn.Identity()
+    return model
+
+
 def _make(name: str, truncate: bool, weights, device, precision, arch_overrides) -> Encoder:
     resolved = resolve_weights(name, weights, HUB_ID, ("model.safetensors", "pytorch_model.bin"), ())
-    args = {"layers": [3, 4, 6, 3], **read_arch_overrides(resolved, arch_overrides)}
-    model = ResNet(Bottleneck, list(args.pop("layers")), **args)
-    state = unwrap_state_dict(read_state_dicts(resolved.files))
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    model.fc = nn.Identity()
+    model = build_resnet(read_arch_overrides(resolved, arch_overrides))
+    state = convert_resnet_state(read_state_dicts(resolved.files))
     load_strict(model, state, name, resolved.source)
     enc = ResNetEncoder(
         model, truncate, name=name, embed_dim=1024 if truncate else 2048,

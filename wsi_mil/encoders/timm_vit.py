@@ -71,12 +71,18 @@ def build_timm_model(arch: str, model_args: dict[str, Any]) -> nn.Module:
     return timm.create_model(arch, pretrained=False, **args)
 
 
-def load_timm_weights(model: nn.Module, resolved: ResolvedWeights, name: str) -> None:
-    state = unwrap_state_dict(read_state_dicts(resolved.files))
+def convert_timm_state(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """A released timm checkpoint (flat, or under ``state_dict`` / ``model``; ``module.``
+    prefixes) -> ``model``'s keys; classification heads the model lacks are dropped."""
+    state = unwrap_state_dict(state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    head_keys = [k for k in state if k.startswith(("head.", "fc_norm.")) and k not in model.state_dict()]
-    for k in head_keys:  # classification heads of training checkpoints
-        state.pop(k)
+    expected = model.state_dict()
+    return {k: v for k, v in state.items()
+            if not (k.startswith(("head.", "fc_norm.")) and k not in expected)}
+
+
+def load_timm_weights(model: nn.Module, resolved: ResolvedWeights, name: str) -> None:
+    state = convert_timm_state(read_state_dicts(resolved.files), model)
     load_strict(model, state, name, resolved.source)
 
 

@@ -298,20 +298,54 @@ def download_from_hub(
     return ResolvedWeights(folder, weight_files, f"hub:{repo_id}", sha256_files(weight_files))
 
 
+class CheckpointLayoutError(FileFormatError):
+    """A checkpoint's keys or shapes do not fit the encoder's architecture.
+
+    The message names the encoder and the weights, lists the first missing,
+    unexpected and mis-shaped keys, and says when no key matches at all (a
+    checkpoint of another model, or another prefix / nesting).
+    """
+
+
+def _first(keys: list[str], n: int = 8) -> str:
+    return f"{keys[:n]}{' ...' if len(keys) > n else ''} ({len(keys)})"
+
+
+def check_layout(model: torch.nn.Module, state_dict: dict[str, Any], name: str,
+                 source: str) -> None:
+    """Raise :class:`CheckpointLayoutError` unless ``state_dict`` has exactly the
+    model's keys with the model's shapes (meta tensors allowed on both sides)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} != model {tuple(v.shape)}"
+              for k, v in expected.items()
+              if k in state_dict and hasattr(state_dict[k], "shape")
+              and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+    hint = ""
+    if len(missing) == len(expected) and state_dict:
+        hint = (f" None of the {len(state_dict)} checkpoint keys match the model: a checkpoint "
+                "of another model, or another key prefix / nesting (e.g. 'module.', "
+                "{'state_dict': ...}).")
+    raise CheckpointLayoutError(
+        f"weights {source} do not fit encoder {name!r}:{hint} missing keys {_first(missing)}, "
+        f"unexpected keys {_first(unexpected)}, shape mismatches {_first(shapes, 4)}. Check the "
+        f"checkpoint matches the architecture (or pass arch_overrides / {ARCH_FILE})."
+    )
+
+
 def load_strict(model: torch.nn.Module, state_dict: dict[str, Any], name: str, source: str) -> None:
-    """``model.load_state_dict(strict=True)`` with an error that lists the mismatched keys."""
-    missing, unexpected = [], []
-    try:
-        result = model.load_state_dict(state_dict, strict=False)
-        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    except RuntimeError as exc:  # shape mismatch
-        raise FileFormatError(
-            f"weights {source} do not fit encoder {name!r}: {exc}. Check the checkpoint "
-            f"matches the architecture (or pass arch_overrides / {ARCH_FILE})."
-        ) from exc
-    if missing or unexpected:
-        raise FileFormatError(
-            f"weights {source} do not fit encoder {name!r}: missing keys {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected keys "
-            f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)})"
-        )
+    """``model.load_state_dict(strict=True)``; any mismatch raises :class:`CheckpointLayoutError`
+    listing the first missing / unexpected / mis-shaped keys."""
+    check_layout(model, state_dict, name, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def strip_prefixes(state: dict[str, Any], prefixes: tuple[str, ...] = ("module.",)) -> dict[str, Any]:
+    """Drop a leading wrapper prefix (DDP ``module.``...) present on every key."""
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state

@@ -200,18 +200,26 @@ def save_tiny_dinov2(folder: str | Path, seed: int = 0) -> dict[str, str]:
 
 
 # --- text towers and CLIP-style models ------------------------------------------------
-def save_tiny_bert(folder: str | Path, seed: int = 0) -> Path:
-    """A tiny BERT (config + weights + WordPiece tokenizer) folder, an HF text tower."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+def save_bert_tokenizer(folder: str | Path) -> dict[str, int]:
+    """A WordPiece tokenizer of ~100 tokens (pathology words, letters, digits)."""
+    from transformers import BertTokenizerFast
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_BERT_WORDS,
              *"abcdefghijklmnopqrstuvwxyz0123456789.,-", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
     vocab_ids = {tok: i for i, tok in enumerate(dict.fromkeys(vocab))}
     BertTokenizerFast(vocab=vocab_ids).save_pretrained(str(folder))  # transformers >= 5 API
+    return vocab_ids
+
+
+def save_tiny_bert(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny BERT (config + weights + WordPiece tokenizer) folder, an HF text tower."""
+    from transformers import BertConfig, BertModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = save_bert_tokenizer(folder)
     _seed(seed)
-    cfg = BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=32, num_hidden_layers=1,
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     BertModel(cfg, add_pooling_layer=False).save_pretrained(str(folder))
     return folder
@@ -297,16 +305,24 @@ def _byte_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def save_tiny_plip(folder: str | Path, seed: int = 0) -> dict[str, str]:
-    """transformers CLIPModel folder (PLIP layout) with a byte-level BPE tokenizer."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+def save_clip_tokenizer(folder: str | Path) -> dict[str, int]:
+    """A byte-level BPE CLIP tokenizer without merges (514 tokens; <|startoftext|> = 512)."""
+    from transformers import CLIPTokenizer
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     chars = _byte_unicode()
     vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars]
                                             + ["<|startoftext|>", "<|endoftext|>"])}
     CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(str(folder))  # transformers >= 5 API
+    return vocab
+
+
+def save_tiny_plip(folder: str | Path, seed: int = 0) -> dict[str, str]:
+    """transformers CLIPModel folder (PLIP layout) with a byte-level BPE tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = save_clip_tokenizer(folder)
     _seed(seed)
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
@@ -375,3 +391,140 @@ def save_tiny_encoder(name: str, folder: str | Path, **kw: Any) -> dict[str, str
 # short aliases named in the issue
 save_tiny_vit = save_tiny_timm
 save_tiny_clip = save_tiny_open_clip
+
+
+# --- official checkpoint layouts (manifests) ---------------------------------------------
+MANIFEST_DIR = Path(__file__).parent / "manifests"
+TINY_BERT_FOLDER = "<TINY_BERT_FOLDER>"  # placeholder in manifests, replaced by a local folder
+
+
+def manifest_names() -> list[str]:
+    """Encoders with a checked-in official-layout manifest."""
+    return sorted(p.stem for p in MANIFEST_DIR.glob("*.json"))
+
+
+def load_manifest(name: str) -> dict[str, Any]:
+    """The manifest of ``name`` (see ``dev_tools/make_encoder_manifests.py``)."""
+    return json.loads((MANIFEST_DIR / f"{name}.json").read_text())
+
+
+def random_state(layout: dict[str, list], seed: int = 0,
+                 device: str | None = None) -> dict[str, torch.Tensor]:
+    """Random tensors with exactly ``layout``'s names, shapes and dtypes.
+
+    Floats ~ N(0, 0.02) (BatchNorm variances in [0.5, 1.5]); integer buffers are
+    0 / ``arange`` (positions). ``device="meta"``: shapes only, no memory.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for key, (shape, dtype_name) in layout.items():
+        dtype = getattr(torch, dtype_name)
+        if device == "meta":
+            out[key] = torch.empty(shape, dtype=dtype, device="meta")
+        elif dtype.is_floating_point:
+            value = torch.randn(shape, generator=gen) * 0.02
+            if key.endswith("running_var"):
+                value = torch.rand(shape, generator=gen) + 0.5
+            out[key] = value.to(dtype)
+        elif key.endswith("position_ids") and shape:
+            out[key] = torch.arange(shape[-1]).expand(shape).clone().to(dtype)
+        else:
+            out[key] = torch.zeros(shape, dtype=dtype)
+    return out
+
+
+def nest_official(manifest: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Wrap ``state`` as the released file does (``{"state_dict": ...}``, ``{"model": ...}``)."""
+    obj: dict[str, Any] = state
+    for key in reversed(manifest.get("nesting", [])):
+        obj = {key: obj}
+    if manifest.get("extra_top_level"):
+        obj = {**manifest["extra_top_level"], **obj}
+    return obj
+
+
+def _fill(obj: Any, folder: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _fill(v, folder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill(v, folder) for v in obj]
+    return folder if obj == TINY_BERT_FOLDER else obj
+
+
+def save_tiny_bert_tower(folder: str | Path, cfg: dict[str, Any]) -> Path:
+    """A config-only BERT folder (+ WordPiece tokenizer) for an HF text tower of shape ``cfg``."""
+    from transformers import BertConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_bert_tokenizer(folder)
+    BertConfig(**cfg).save_pretrained(str(folder))
+    return folder
+
+
+def save_official_tiny(name: str, folder: str | Path, seed: int = 0) -> dict[str, Any]:
+    """A random checkpoint in ``name``'s OFFICIAL layout at the manifest's tiny size.
+
+    Key names, nesting and file name are the released checkpoint's (from the
+    manifest); widths and depths are the manifest's ``tiny`` ones. Returns
+    ``dict(name=..., weights=..., arch_overrides=...)`` for ``create_encoder``.
+    """
+    manifest = load_manifest(name)
+    tiny = manifest["tiny"]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = random_state(tiny["keys"], seed)
+    obj = nest_official(manifest, state)
+    path = folder / manifest["file"]
+    if path.suffix == ".safetensors":
+        _save_state(obj, path)
+    else:
+        torch.save(obj, path)
+    for fname, content in tiny.get("files", {}).items():
+        _write_json(folder / fname, content)
+    arch = tiny.get("wsi_mil_arch")
+    text = tiny.get("tiny_kwargs", {}).get("text")
+    if text is not None and "vocab_size" in text:  # an HF BERT text tower
+        bert = save_tiny_bert_tower(folder / "text_tower", text)
+        arch = _fill(arch, str(bert))
+    if name == "plip":
+        save_clip_tokenizer(folder)
+    weights: Path = path
+    if name in ("phikon", "phikon_v2", "plip"):
+        weights = folder  # a save_pretrained folder
+    extra_setup = _EXTRA_SETUP.get(name)
+    if extra_setup is not None:
+        extra = extra_setup(folder, manifest, arch)
+        weights, arch = extra.get("weights", weights), extra.get("arch", arch)
+    return dict(name=name, weights=str(weights), arch_overrides=arch)
+
+
+def _biomedclip_folder(folder: Path, manifest: dict, arch: dict) -> dict[str, Any]:
+    """The hub repo layout: open_clip_config.json + tokenizer files beside the weights."""
+    bert = folder / "text_tower"
+    for f in bert.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    model_cfg = {
+        "embed_dim": 512,
+        "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
+                       "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+        "text_cfg": {"hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+                     "hf_tokenizer_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+                     "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
+                     "context_length": 256},
+    }
+    tiny_cfg = json.loads(json.dumps(model_cfg))
+    tiny_cfg["embed_dim"] = arch["embed_dim"]
+    tiny_cfg["vision_cfg"].update(arch["vision_cfg"])
+    tiny_cfg["text_cfg"].update(hf_model_name=str(bert), hf_tokenizer_name=str(bert),
+                                context_length=arch["text_cfg"]["context_length"])
+    _write_json(folder / "open_clip_config.json", {
+        "model_cfg": tiny_cfg,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                           "std": [0.26862954, 0.26130258, 0.27577711]},
+    })
+    return {"weights": folder, "arch": None}
+
+
+_EXTRA_SETUP: dict[str, Callable[..., dict[str, Any]]] = {"biomedclip": _biomedclip_folder}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from wsi_mil.cli.main import main
@@ -68,3 +70,51 @@ def test_a_class_without_prompts_is_an_error_listing_it(tmp_path, tiles, tiny_pl
               f"tile_features_dir={folder}", f"output_dir={tmp_path / 'o'}", "n_bootstrap=0",
               "class_prompts={class0: tumor}"])
     assert "['class1', 'class2'] have no prompts" in capsys.readouterr().err
+
+
+def test_retrieval_from_a_captions_csv_embeds_images_then_captions(tmp_path, tiny_plip, rng):
+    from PIL import Image
+
+    root = tmp_path / "captions"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        for j in range(2):  # two captions per image
+            rows.append({"path": f"img/{i}.png", "caption": f"tumor tissue {i} {j}",
+                         "group": f"p{i // 2}"})
+    csv = root / "captions.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    feats = tmp_path / "feats"
+    assert main(["extract-tiles", f"dataset={csv}", f"output_dir={feats}", "encoder=plip",
+                 f"weights={tiny_plip['weights']}", "device=cpu", "num_workers=0"]) == 0
+    folder = feats / "plip" / "captions"
+    out = tmp_path / "ret"
+    assert main(["retrieval", f"tile_features_dir={folder}", f"captions={csv}", "encoder=plip",
+                 f"weights={tiny_plip['weights']}", "text_ks=[1,5]", "n_bootstrap=50",
+                 f"output_dir={out}"]) == 0
+    table = pd.read_csv(out / "retrieval_image_text.csv")
+    assert table.set_index(["direction", "k"])["n_queries"].to_dict() == {
+        ("image_to_text", 1): 6, ("image_to_text", 5): 6, ("text_to_image", 1): 12,
+        ("text_to_image", 5): 12}
+    assert (table["n_groups"] == 3).all() and table[["ci_low", "ci_high"]].notna().all().all()
+    queries = pd.read_csv(out / "retrieval_image_text_queries.csv")
+    assert len(queries) == 6 + 12
+    assert not (out / "retrieval_image_image.csv").exists()  # unlabelled images: no image-image
+    assert (out / "retrieval_image_text.md").is_file()
+
+
+def test_image_image_retrieval_against_a_gallery_with_patient_groups(tmp_path, tiles):
+    train = write_tile_features_dir(tmp_path / "train", tiles, split="train")
+    test = write_tile_features_dir(tmp_path / "test", tiles, split="test")
+    groups = tmp_path / "groups.csv"
+    pd.DataFrame({"tile_id": tiles.tile_ids,
+                  "group": [f"p{i % 7}" for i in range(len(tiles.tile_ids))]}).to_csv(groups,
+                                                                                     index=False)
+    out = tmp_path / "ret"
+    assert main(["retrieval", f"tile_features_dir={test}", f"gallery_features_dir={train}",
+                 f"groups={groups}", "image_ks=[1,3]", "n_bootstrap=50", f"output_dir={out}"]) == 0
+    table = pd.read_csv(out / "retrieval_image_image.csv").set_index(["metric", "k"])
+    assert table.loc[("acc", 3), "value"] > 0.8 and (table["n_groups"] == 7).all()
+    queries = pd.read_csv(out / "retrieval_image_image_queries.csv")
+    assert queries["neighbour_1"].isin(tiles.tile_ids[tiles.split == "train"]).all()

@@ -103,3 +103,65 @@ def test_recall_rejects_bad_ks_and_unpaired_sets(rng):
         recall_at_k(rng.normal(size=(3, 2)), rng.normal(size=(3, 2)), np.arange(3), np.arange(3), ks=(0,))
     with pytest.raises(ConfigError, match="text_to_image"):
         image_text_retrieval(rng.normal(size=(3, 2)), rng.normal(size=(4, 2)))
+
+
+def naive_cluster_bootstrap(values, groups, n_boot, seed, level=0.95):
+    """Resample groups with replacement, mean over the drawn groups' items (loop version)."""
+    uniq = np.unique(groups)
+    index = {g: np.flatnonzero(groups == g) for g in uniq}
+    _, inverse = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_boot):
+        draws = rng.integers(0, len(uniq), size=(1, len(uniq)))[0]
+        items = np.concatenate([index[uniq[d]] for d in draws])
+        means.append(values[items].mean())
+    alpha = (1 - level) / 2
+    return np.quantile(means, alpha), np.quantile(means, 1 - alpha)
+
+
+def test_group_bootstrap_interval_equals_the_naive_loop(rng):
+    from wsi_mil.evaluation.metrics import cluster_bootstrap_mean_ci
+
+    values = rng.random(60) < 0.6
+    groups = rng.integers(0, 12, size=60)
+    mean, low, high = cluster_bootstrap_mean_ci(values, groups, n_boot=300, seed=4)
+    naive_low, naive_high = naive_cluster_bootstrap(values.astype(float), groups, 300, seed=4)
+    assert mean == pytest.approx(values.mean())
+    assert (low, high) == (pytest.approx(naive_low), pytest.approx(naive_high))
+    # Grouped items that agree within a group: a wider interval than the item bootstrap.
+    clustered = np.repeat(rng.random(10) < 0.5, 20)
+    _, lo_g, hi_g = cluster_bootstrap_mean_ci(clustered, np.repeat(np.arange(10), 20), 500)
+    _, lo_i, hi_i = cluster_bootstrap_mean_ci(clustered, None, 500)
+    assert hi_g - lo_g > 2 * (hi_i - lo_i)
+
+
+def test_retrieval_tables_have_intervals_around_the_value(rng):
+    n_img = 30
+    images = rng.normal(size=(n_img, 8))
+    text_to_image = np.repeat(np.arange(n_img), 2)  # two captions per image
+    texts = images[text_to_image] + 0.9 * rng.normal(size=(2 * n_img, 8))
+    groups = np.repeat(np.arange(10), 3)  # three images per patient
+    table = image_text_retrieval(images, texts, text_to_image, ks=(1, 5), image_groups=groups,
+                                 n_bootstrap=200)
+    assert (table["ci_low"] <= table["recall"]).all() and (table["recall"] <= table["ci_high"]).all()
+    assert table.set_index("direction")["n_queries"].to_dict() == {"image_to_text": 30,
+                                                                   "text_to_image": 60}
+    assert set(table["n_groups"]) == {10}
+
+
+def test_same_patient_neighbours_can_be_excluded(rng):
+    # Two tiles per patient, nearly identical: leave-self-out finds the twin (acc@1 = 1); without
+    # the patient's tiles the label must come from another patient.
+    y = np.repeat(np.arange(3), 8)
+    base = rng.normal(size=(12, 6))
+    x = np.repeat(base, 2, axis=0) + 1e-3 * rng.normal(size=(24, 6))
+    patients = np.repeat(np.arange(12), 2)
+    with_twin = image_to_image_retrieval(x, y, ks=(1,), groups=patients)
+    assert with_twin.set_index("metric").loc["acc", "value"] == 1.0
+    table, ranked = image_to_image_retrieval(x, y, ks=(1, 3), groups=patients, exclude_same_group=True,
+                                             return_neighbours=True)
+    assert not (patients[ranked] == patients[:, None]).any()
+    assert table.set_index(["metric", "k"]).loc[("acc", 1), "value"] < 1.0
+    with pytest.raises(ConfigError, match="exclude_same_group"):
+        image_to_image_retrieval(x, y, exclude_same_group=True)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("wsi_mil.cli.demo", "the whole pipeline on a generated synthetic cohort"),
     "linear-probe": ("wsi_mil.cli.linear_probe", "linear / few-shot evaluation on tile features"),
     "zero-shot": ("wsi_mil.cli.zero_shot", "zero-shot tile / slide classification with a CLIP-style encoder"),
+    "retrieval": ("wsi_mil.cli.retrieval", "image-text (captions) and image-image retrieval on tile features"),
     "encoders": ("wsi_mil.cli.listing", "list registered encoders"),
     "models": ("wsi_mil.cli.listing", "list registered MIL heads"),
 }

@@ -292,3 +292,50 @@ def bootstrap_ci(
         return float(estimate), float("nan"), float("nan")
     alpha = (1 - level) / 2
     return float(estimate), float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))
+
+
+def cluster_bootstrap_mean_ci(
+    values: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) per column of ``values`` (Q,) or (Q, M): percentile bootstrap of the mean
+    resampling whole groups (patients, slides, images) with replacement.
+
+    Items of one group are correlated (captions of one image, tiles of one
+    patient), so the group, not the item, is the unit resampled. Each resample
+    draws as many groups as there are; its mean is over the items of the drawn
+    groups (a group drawn twice counts twice). ``groups=None``: every item is
+    its own group (the ordinary bootstrap). ``n_boot=0``: NaN bounds.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    squeeze = v.ndim == 1
+    v = v.reshape(len(v), -1)  # (Q, M)
+    if v.shape[0] == 0:
+        raise ValueError("cluster_bootstrap_mean_ci: no value")
+    mean = v.mean(axis=0)
+    low = np.full_like(mean, np.nan)
+    high = np.full_like(mean, np.nan)
+    if n_boot > 0:
+        g = np.arange(len(v)) if groups is None else np.asarray(groups)
+        if g.shape[0] != v.shape[0]:
+            raise ValueError(f"cluster_bootstrap_mean_ci: {g.shape[0]} groups for {v.shape[0]} values")
+        _, inverse = np.unique(g, return_inverse=True)
+        n_groups = int(inverse.max()) + 1
+        sums = np.zeros((n_groups, v.shape[1]))
+        np.add.at(sums, inverse, v)  # (G, M)
+        counts = np.bincount(inverse, minlength=n_groups).astype(np.float64)  # (G,)
+        rng = np.random.default_rng(seed)
+        boot = np.empty((n_boot, v.shape[1]))
+        for start in range(0, n_boot, 256):  # (b, G) draw counts per group, in blocks
+            b = min(256, n_boot - start)
+            draws = rng.integers(0, n_groups, size=(b, n_groups))
+            weights = np.stack([np.bincount(d, minlength=n_groups) for d in draws]).astype(np.float64)
+            boot[start:start + b] = (weights @ sums) / (weights @ counts)[:, None]
+        alpha = (1 - level) / 2
+        low, high = np.quantile(boot, alpha, axis=0), np.quantile(boot, 1 - alpha, axis=0)
+    if squeeze:
+        return mean[0], low[0], high[0]
+    return mean, low, high

@@ -38,3 +38,13 @@ def wide_macro_table(df: pd.DataFrame, index_cols: Sequence[str], value_col: str
     wide = macro.pivot_table(index=list(index_cols), columns="metric", values=value_col, sort=False)
     wide.columns.name = None
     return wide.reset_index()
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """Per-item outputs (per-tile scores, supports, per-query ranks): one CSV, atomically."""
+    from wsi_mil.io.atomic import write_text_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, df.to_csv(index=False))
+    return path

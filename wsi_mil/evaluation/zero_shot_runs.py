@@ -68,7 +68,8 @@ def run_zero_shot_tiles(
     logger.info("zero-shot tiles ({} tiles, {} classes): macro AUC {:.4f}, balanced accuracy {:.4f}",
                 len(y), len(labels), macro["auc"], macro["balanced_accuracy"])
     if image_retrieval_ks:
-        retrieval = image_to_image_retrieval(feats, y, ks=image_retrieval_ks)
+        retrieval = image_to_image_retrieval(feats, y, ks=image_retrieval_ks,
+                                             n_bootstrap=n_bootstrap, seed=seed)
         write_table(retrieval, out / "image_retrieval")
         logger.info("image->image retrieval (leave-self-out):\n{}", retrieval.to_string(index=False))
     return table

@@ -8,8 +8,12 @@
   survival) or score_0..score_{K-1} (multiclass probabilities);
 - ``folds.csv``: repeat, outer_fold, metrics, lr, weight_decay, epochs, other
   selected hparams, inner_score, n_train, n_test (+ train_risk_median);
-- ``summary.json``: task, encoder, model, metric, mean, sd, ci95_low/high,
-  n_folds, features_dir, cohort, ...
+- ``summary.json``: task, encoder, model, metric, mean, sd (ddof=1), std_ref
+  (ddof=0), ci95_low/high (patient bootstrap, ``ci_method``), n_folds,
+  features_dir, cohort, survival_metrics (survival runs), ...
+
+A survival fold json may hold ``train_scores``: the refit's risks on
+``plan.repeats[r][k].train``, in that order (for the Brier score's baseline hazard).
 
 Everything is written atomically.
 """
@@ -26,6 +30,7 @@ import pandas as pd
 import torch
 from loguru import logger
 
+from wsi_mil.cv import statistics, survival
 from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.folds import FoldPlan
 from wsi_mil.evaluation import metrics
@@ -33,6 +38,7 @@ from wsi_mil.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from wsi_mil.version import __version__
 
 if TYPE_CHECKING:
+    from wsi_mil.cv.engine import CVRun
     from wsi_mil.cv.settings import CVSettings
     from wsi_mil.training.fit import Targets
 
@@ -69,8 +75,36 @@ def _fold_metrics(targets: Targets, idx: np.ndarray, scores: np.ndarray) -> dict
     return out
 
 
-def write_fold(run_dir: Path, cohort: Cohort, plan: FoldPlan, targets: Targets, r: int, k: int,
-               sel: dict, out: dict, fingerprint: dict, save_model: bool, in_dim: int) -> None:
+def inner_path(run_dir: Path, r: int, k: int) -> Path:
+    return Path(run_dir) / "inner" / f"r{r}_f{k}.json"
+
+
+def write_inner(run_dir: Path, r: int, k: int, curves: np.ndarray, fingerprint: dict) -> None:
+    """Checkpoint the inner curves (G, J, E) of outer fold (r, k)."""
+    write_json_atomic(inner_path(run_dir, r, k), {
+        "curves": [[[None if np.isnan(v) else float(v) for v in c] for c in gj] for gj in curves],
+        "settings": fingerprint,
+    })
+
+
+def read_inner(run_dir: Path, r: int, k: int, fingerprint: dict) -> np.ndarray | None:
+    """The checkpointed inner curves of (r, k), or None if absent, unreadable or made with other settings."""
+    path = inner_path(run_dir, r, k)
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    if d.get("settings") != fingerprint:
+        return None
+    return np.array(d["curves"], dtype=float)
+
+
+def write_fold(run: CVRun, r: int, k: int, sel: dict, out: dict) -> None:
+    """Write finished outer fold (r, k): its json (row, predictions, settings) and its model."""
+    run_dir, cohort, plan, targets = run.run_dir, run.cohort, run.plan, run.targets
+    fingerprint, save_model, in_dim = run.fingerprint, run.settings.save_models, run.store.dim
     fold = plan.repeats[r][k]
     params = sel["params"]
     test, scores = fold.test, out["test_scores"]
@@ -112,9 +146,16 @@ def _mode(values: list) -> Any:
 
 def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSettings, metric: str,
               seconds: float) -> CVResult:
-    """Gather ``folds/*.json`` into predictions.csv, folds.csv and summary.json."""
+    """Gather ``folds/*.json`` into predictions.csv, folds.csv and summary.json.
+
+    The 95% interval is the patient-level bootstrap of :mod:`wsi_mil.cv.statistics`
+    (``ci_method``); ``sd`` is over fold values with ddof=1, ``std_ref`` with ddof=0
+    (the reference paper's std). Survival runs add Uno's C, time-dependent AUCs and
+    the integrated Brier score per fold (:mod:`wsi_mil.cv.survival`); the Brier score
+    needs the refit's training risks (``train_scores`` in the fold json), else NaN.
+    """
     run_dir = Path(run_dir)
-    rows, preds = [], []
+    rows, preds, train_scores = [], [], {}
     for r, folds in enumerate(plan.repeats):
         for k in range(len(folds)):
             d = read_fold(run_dir, r, k)
@@ -122,8 +163,12 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
                 continue
             rows.append(d["row"])
             preds.append(pd.DataFrame(d["predictions"]))
+            train_scores[(r, k)] = d.get("train_scores")
     folds_df = pd.DataFrame(rows)
     pred_df = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
+    survival_summary = None
+    if cohort.task == "survival" and len(pred_df):
+        folds_df, survival_summary = _survival_columns(folds_df, pred_df, cohort, plan, train_scores)
     with atomic_path(run_dir / "folds.csv") as tmp:
         folds_df.to_csv(tmp, index=False)
     with atomic_path(run_dir / "predictions.csv") as tmp:
@@ -131,6 +176,10 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
     values = folds_df[metric].to_numpy(dtype=float) if len(folds_df) else np.array([])
     repeats = folds_df["repeat"].to_numpy() if len(folds_df) else np.array([])
     mean, sd, low, high = metrics.repeated_cv_ci(values, repeats)
+    ci_method = "t_over_repeat_means"
+    if len(pred_df) and metric in statistics.METRIC_RANGES:
+        interval = statistics.patient_bootstrap_ci(pred_df, metric, seed=settings.seed)
+        low, high, ci_method = interval.low, interval.high, interval.method
     n_total = sum(len(f) for f in plan.repeats)
     if np.sum(~np.isnan(values)) < n_total:
         logger.warning("{} of {} outer folds have no {} (undefined on their test slides or not "
@@ -144,7 +193,8 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
              for m in ("accuracy", "balanced_accuracy") if m in folds_df}
     summary = {
         "task": cohort.task, "cohort": cohort.name, "encoder": settings.encoder, "model": settings.model,
-        "mode": settings.mode, "metric": metric, "mean": mean, "sd": sd, "ci95_low": low, "ci95_high": high,
+        "mode": settings.mode, "metric": metric, "mean": mean, "sd": sd, "std_ref": metrics.std_ref(values),
+        "ci95_low": low, "ci95_high": high, "ci_method": ci_method,
         "n_folds": int(np.sum(~np.isnan(values))), "n_folds_total": sum(len(f) for f in plan.repeats),
         "n_outer": plan.n_outer, "n_inner": plan.n_inner, "n_repeats": plan.n_repeats,
         "n_tiles": settings.n_tiles, "epochs_max": settings.epochs, "hparams": settings.hparams,
@@ -155,8 +205,31 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
         "features_dir": settings.features_dir, "cohort_path": settings.cohort_path,
         "seed": settings.seed, "seconds": round(seconds, 2), "wsi_mil_version": __version__,
     }
+    if survival_summary is not None:
+        summary["survival_metrics"] = survival_summary
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     return CVResult(folds_df, pred_df, summary, run_dir)
+
+
+def _survival_columns(folds_df: pd.DataFrame, pred_df: pd.DataFrame, cohort: Cohort, plan: FoldPlan,
+                      train_scores: dict) -> tuple[pd.DataFrame, dict]:
+    """folds_df + uno_c, td_auc_q*, ibs columns, and their summary (mean, sd, std_ref, times)."""
+    h = survival.SurvivalHorizons.from_cohort(cohort.time, cohort.event)
+    parts = {(r, k): (cohort.time[f.train], cohort.event[f.train], train_scores.get((r, k)))
+             for r, folds in enumerate(plan.repeats) for k, f in enumerate(folds)}
+    if any(v is None for v in train_scores.values()):
+        logger.info("fold json without train_scores: integrated Brier score not computed (NaN)")
+    extra = survival.survival_fold_table(pred_df, parts, h)
+    folds_df = folds_df.drop(columns=[c for c in h.column_names() if c in folds_df])
+    folds_df = folds_df.merge(extra, on=["repeat", "outer_fold"], how="left")
+    out: dict[str, Any] = {"horizons": list(h.horizons), "tau": h.tau,
+                           "brier_grid": [h.brier_grid[0], h.brier_grid[-1], len(h.brier_grid)]}
+    for name in h.column_names():
+        v = folds_df[name].to_numpy(dtype=float)
+        out[name] = {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                     "sd": metrics.mean_ci(v)[1], "std_ref": metrics.std_ref(v),
+                     "n_folds": int(np.isfinite(v).sum())}
+    return folds_df, out
 
 
 def _json_default(o: Any) -> Any:

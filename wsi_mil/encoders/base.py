@@ -30,19 +30,32 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-RESIZE_RULES = ("resize", "center_crop", "none")
+RESIZE_RULES = ("resize", "center_crop", "crop", "none")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How uint8 tiles become the model input.
+    """How uint8 tiles become the model input (the model card's transform).
 
-    ``resize``: ``"resize"`` scales the tile to ``input_size`` (square),
-    ``"center_crop"`` scales the short side to ``input_size`` then crops the
-    centre, ``"none"`` leaves the size as is (the model must accept it).
-    After resizing, pixels are scaled to [0, 1] and normalised with mean/std.
+    ``resize``:
+
+    - ``"resize"``: scale the tile to ``S x S`` (aspect not kept; Hugging Face
+      ``size={"height", "width"}``, timm ``crop_mode="squash"``), then centre-crop
+      ``input_size`` if ``S > input_size``;
+    - ``"center_crop"``: scale the short side to ``S`` (the long side to
+      ``int(S * long / short)``, as torchvision ``Resize(int)`` and transformers'
+      ``shortest_edge``), then centre-crop ``input_size`` (GigaPath: ``Resize(256)`` +
+      ``CenterCrop(224)``; timm ``crop_mode="center"``);
+    - ``"crop"``: no resizing, centre-crop ``input_size`` (a processor with
+      ``do_resize=False, do_center_crop=True``);
+    - ``"none"``: leave the size as is (the model must accept it).
+
+    ``S`` is ``resize_size`` (0 = ``input_size``). uint8 tiles are resized as uint8
+    (torchvision's antialiased ``resize``, rounded back to uint8, as transformers'
+    image processors and torchvision tensor transforms do), cropped at
+    ``floor((H - h) / 2)``, then scaled to [0, 1] and normalised with mean/std.
     """
 
     input_size: int = 224
@@ -50,6 +63,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize_size: int = 0
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
@@ -60,6 +74,14 @@ class Preprocessing:
             )
         if self.input_size <= 0:
             raise ConfigError(f"input_size must be > 0, got {self.input_size}")
+        if self.resize_size and self.resize_size < self.input_size:
+            raise ConfigError(f"resize_size {self.resize_size} must be >= input_size "
+                              f"{self.input_size} (or 0)")
+
+    @property
+    def scale_size(self) -> int:
+        """The size the tile is resized to before the centre crop."""
+        return int(self.resize_size or self.input_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,30 +108,51 @@ def to_channels_first(tiles: torch.Tensor | np.ndarray) -> torch.Tensor:
     return tiles
 
 
+def _resize(x: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize (B, 3, H, W) to ``hw``; uint8 stays uint8 (rounded), as torchvision does."""
+    if mode == "area":  # no torchvision equivalent: average pooling in float
+        y = F.interpolate(x.float(), size=hw, mode="area")
+        return y.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvF
+
+    interp = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+              "nearest": InterpolationMode.NEAREST}[mode]
+    y = tvF.resize(x, list(hw), interpolation=interp, antialias=mode != "nearest")
+    if mode == "bicubic" and y.is_floating_point():
+        y = y.clamp_(0.0, 1.0)  # bicubic overshoots
+    return y
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    if height < size or width < size:
+        raise ConfigError(f"cannot centre-crop {size} px from a {height}x{width} image")
+    top, left = (height - size) // 2, (width - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
 def preprocess_tiles(tiles: torch.Tensor | np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """uint8 (or [0, 1] float) tiles -> normalised float32 (B, 3, S, S) on the tiles' device."""
     x = to_channels_first(tiles)  # (B, 3, H, W)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    size = prep.input_size
+    if x.dtype != torch.uint8:
+        x = x.float()
     height, width = x.shape[-2:]
-    if prep.resize != "none" and (height != size or width != size):
-        mode = prep.interpolation
-        antialias = mode in ("bilinear", "bicubic")
-        align = False if mode in ("bilinear", "bicubic") else None
+    if prep.resize == "crop":
+        x = _center_crop(x, prep.input_size)
+    elif prep.resize != "none":
+        scale = prep.scale_size
         if prep.resize == "resize":
-            x = F.interpolate(x, size=(size, size), mode=mode, align_corners=align,
-                              antialias=antialias)  # (B, 3, S, S)
-        else:  # center_crop: short side to S, then the central S x S
-            scale = size / min(height, width)
-            new_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
-            if new_hw != (height, width):
-                x = F.interpolate(x, size=new_hw, mode=mode, align_corners=align,
-                                  antialias=antialias)
-            top = (x.shape[-2] - size) // 2
-            left = (x.shape[-1] - size) // 2
-            x = x[..., top:top + size, left:left + size]  # (B, 3, S, S)
-        if mode == "bicubic":
-            x = x.clamp_(0.0, 1.0)  # bicubic overshoots
+            target = (scale, scale)
+        else:  # short side to `scale`, long side int(scale * long / short)
+            short, long = min(height, width), max(height, width)
+            new_long = int(scale * long / short)
+            target = (scale, new_long) if height <= width else (new_long, scale)
+        if target != (height, width):
+            x = _resize(x, target, prep.interpolation)
+        if x.shape[-2:] != (prep.input_size, prep.input_size):
+            x = _center_crop(x, prep.input_size)  # (B, 3, S, S)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x
     mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()

@@ -39,7 +39,7 @@ PHIKON_V2_LICENSE = "Owkin non-commercial licence (owkin/phikon-v2)"
 IBOT_ARCH = "vit_base_patch16_224"
 IBOT_ARGS: dict[str, Any] = dict(img_size=224, patch_size=16, embed_dim=768, depth=12,
                                  num_heads=12, qkv_bias=True, global_pool="token")
-_PIL_RESAMPLE = {0: "nearest", 1: "area", 2: "bilinear", 3: "bicubic", 4: "area", 5: "area"}
+_PIL_RESAMPLE = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "area", 5: "area"}  # 1 lanczos ~ bicubic
 
 
 class HFEncoder(Encoder):
@@ -57,20 +57,62 @@ class HFEncoder(Encoder):
         return hidden[:, 0]  # (B, T, D) -> (B, D) CLS
 
 
+# image processors whose integer ``size`` means the shortest edge (transformers'
+# get_size_dict(default_to_square=False)); the others read it as height = width
+_SHORTEST_EDGE_PROCESSORS = ("CLIPImageProcessor", "BitImageProcessor", "ChineseCLIPImageProcessor",
+                             "ConvNextImageProcessor", "MobileViTImageProcessor")
+
+
+def preprocessing_from_hf_config(cfg: dict[str, Any], default: Preprocessing) -> Preprocessing:
+    """A Hugging Face ``preprocessor_config.json`` with transformers' own semantics.
+
+    ``do_resize`` + ``size``: ``{"shortest_edge": S}`` keeps the aspect ratio (short side
+    S), ``{"height": H, "width": W}`` squashes; ``do_center_crop`` + ``crop_size`` then
+    crops the centre; ``resample`` is a PIL code (2 bilinear, 3 bicubic, ...);
+    ``do_normalize`` / ``image_mean`` / ``image_std`` normalise (``rescale_factor``
+    1/255). Without ``do_resize`` the tile is only cropped (if ``do_center_crop``).
+    """
+    def _size(value: Any, square: bool) -> dict[str, int]:
+        if value is None:
+            return {}
+        if isinstance(value, int):
+            return {"height": value, "width": value} if square else {"shortest_edge": value}
+        return dict(value)
+
+    kind = str(cfg.get("image_processor_type", "")).removesuffix("Fast")
+    size = _size(cfg.get("size"), square=kind not in _SHORTEST_EDGE_PROCESSORS)
+    crop = _size(cfg.get("crop_size"), square=True)
+    do_resize = bool(cfg.get("do_resize", True)) and bool(size)
+    do_crop = bool(cfg.get("do_center_crop", False)) and bool(crop)
+    if "height" in size and size.get("height") != size.get("width"):
+        raise ConfigError(f"non-square processor size {size} is not supported")
+    if "shortest_edge" in size:
+        rule, scale = "center_crop", int(size["shortest_edge"])
+    elif "height" in size:
+        rule, scale = "resize", int(size["height"])
+    else:
+        rule, scale = "none", default.input_size
+    if not do_resize:
+        rule, scale = ("crop", int(crop["height"])) if do_crop else ("none", scale)
+    input_size = int(crop["height"]) if do_crop else scale
+    if do_crop and scale < input_size:
+        raise ConfigError(f"processor crop {crop} larger than its resize {size}")
+    interpolation = _PIL_RESAMPLE.get(cfg.get("resample"), default.interpolation)
+    if not cfg.get("do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean = tuple(cfg.get("image_mean", default.mean))
+        std = tuple(cfg.get("image_std", default.std))
+    return Preprocessing(input_size=input_size, resize=rule, interpolation=interpolation,
+                         mean=mean, std=std, resize_size=scale if scale != input_size else 0)
+
+
 def read_preprocessing(folder: Path, default: Preprocessing) -> Preprocessing:
-    """Preprocessing from a ``preprocessor_config.json``, else ``default``."""
+    """Preprocessing from a ``preprocessor_config.json`` (transformers' semantics), else ``default``."""
     cfg_file = folder / "preprocessor_config.json"
     if not cfg_file.is_file():
         return default
-    cfg = json.loads(cfg_file.read_text())
-    size = cfg.get("crop_size") or cfg.get("size") or default.input_size
-    if isinstance(size, dict):
-        size = size.get("height") or size.get("shortest_edge") or default.input_size
-    return Preprocessing(
-        input_size=int(size), resize="resize",
-        interpolation=_PIL_RESAMPLE.get(cfg.get("resample"), default.interpolation),
-        mean=tuple(cfg.get("image_mean", default.mean)), std=tuple(cfg.get("image_std", default.std)),
-    )
+    return preprocessing_from_hf_config(json.loads(cfg_file.read_text()), default)
 
 
 def load_hf_model(model_cls, folder: Path, name: str, allow_missing_pooler: bool = True,

@@ -9,6 +9,7 @@ read the state dict safely and load it strictly (no silent random init).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ class TimmSpec:
     interpolation: str = "bicubic"
     license: str = ""
     precision: str = "fp32"
+    resize: str = "resize"  # the card's transform: see base.Preprocessing
+    resize_size: int = 0  # 0: input_size (no crop)
 
 
 class TimmEncoder(Encoder):
@@ -95,8 +98,10 @@ def make_timm_encoder(spec: TimmSpec, weights, device, precision, arch_overrides
     input_size = int(args.get("img_size", 224))
     enc = TimmEncoder(
         model, name=spec.name, embed_dim=embed_dim,
-        preprocessing=Preprocessing(input_size=input_size, resize="resize",
-                                    interpolation=spec.interpolation, mean=spec.mean, std=spec.std),
+        preprocessing=Preprocessing(input_size=input_size, resize=spec.resize,
+                                    interpolation=spec.interpolation, mean=spec.mean, std=spec.std,
+                                    resize_size=spec.resize_size if spec.resize_size > input_size
+                                    else 0),
         pooling=spec.pooling, license=spec.license, hub_id=spec.hub_id,
         precision=precision or spec.precision, weights_sha256=resolved.sha256,
         weights_source=resolved.source, default_precision=spec.precision,
@@ -111,6 +116,7 @@ SPECS: dict[str, TimmSpec] = {
             name="uni", arch="vit_large_patch16_224", hub_id="MahmoodLab/UNI", embed_dim=1024,
             model_args=dict(img_size=224, patch_size=16, init_values=1e-5, dynamic_img_size=True),
             license="CC-BY-NC-ND-4.0, gated (MahmoodLab/UNI): academic non-commercial use",
+            resize="center_crop",  # card: Resize(224) (short side) -> ToTensor -> Normalize
         ),
         TimmSpec(
             name="uni2_h", arch="vit_giant_patch14_224", hub_id="MahmoodLab/UNI2-h", embed_dim=1536,
@@ -118,7 +124,7 @@ SPECS: dict[str, TimmSpec] = {
                             embed_dim=1536, mlp_ratio=2.66667 * 2, no_embed_class=True,
                             reg_tokens=8, dynamic_img_size=True, **SWIGLU_SILU),
             license="CC-BY-NC-ND-4.0, gated (MahmoodLab/UNI2-h): academic non-commercial use",
-            precision="bf16",
+            precision="bf16", resize="center_crop",  # timm transform, crop_pct 1.0
         ),
         TimmSpec(
             name="virchow2", arch="vit_huge_patch14_224", hub_id="paige-ai/Virchow2",
@@ -126,7 +132,7 @@ SPECS: dict[str, TimmSpec] = {
             model_args=dict(img_size=224, init_values=1e-5, mlp_ratio=5.3375, reg_tokens=4,
                             global_pool="", dynamic_img_size=True, **SWIGLU_SILU),
             license="CC-BY-NC-ND-4.0, gated (paige-ai/Virchow2): non-commercial use",
-            precision="fp16",
+            precision="fp16", resize="center_crop",  # timm transform, crop_pct 1.0
         ),
         TimmSpec(
             name="h_optimus_0", arch="vit_giant_patch14_reg4_dinov2",
@@ -141,6 +147,8 @@ SPECS: dict[str, TimmSpec] = {
             embed_dim=1536,
             model_args=dict(img_size=224, in_chans=3, patch_size=16, embed_dim=1536, depth=40,
                             num_heads=24, init_values=1e-5, mlp_ratio=5.33334),
+            # model card: Resize(256, bicubic) -> CenterCrop(224) -> ToTensor -> Normalize
+            resize="center_crop", resize_size=256,
             license="Apache-2.0 with research-only terms (prov-gigapath), gated",
         ),
     )
@@ -161,6 +169,24 @@ def _register(spec: TimmSpec) -> None:
 
 for _spec in SPECS.values():
     _register(_spec)
+
+
+def timm_preprocessing(data_cfg: dict[str, Any]) -> Preprocessing:
+    """timm's eval transform (``create_transform(**resolve_data_config(...))``) as a Preprocessing.
+
+    ``crop_pct`` / ``crop_mode``: the tile is resized to ``floor(size / crop_pct)``
+    (short side for ``"center"``, both sides for ``"squash"``) then centre-cropped to
+    ``size``; ``"border"`` (resize keeping the ratio, pad) is taken as ``"center"``
+    (the same for square tiles).
+    """
+    size = int(data_cfg["input_size"][-1])
+    crop_pct = float(data_cfg.get("crop_pct") or 1.0)
+    crop_mode = data_cfg.get("crop_mode") or "center"
+    scale = math.floor(size / crop_pct)
+    return Preprocessing(input_size=size, resize="resize" if crop_mode == "squash" else "center_crop",
+                         interpolation=data_cfg.get("interpolation", "bicubic"),
+                         mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]),
+                         resize_size=scale if scale > size else 0)
 
 
 @register_prefix("timm")
@@ -193,10 +219,7 @@ def create_timm_generic(model_id: str, weights=None, device="cpu", precision=Non
         model_args.update(kw)
     model = build_timm_model(arch, model_args)
     load_timm_weights(model, resolved, name)
-    data_cfg = timm.data.resolve_data_config(pcfg, model=model)
-    prep = Preprocessing(input_size=int(data_cfg["input_size"][-1]), resize="resize",
-                         interpolation=data_cfg.get("interpolation", "bicubic"),
-                         mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]))
+    prep = timm_preprocessing(timm.data.resolve_data_config(pcfg, model=model))
     enc = TimmEncoder(model, name=name, embed_dim=model.num_features, preprocessing=prep,
                       pooling=pooling, license=str(pcfg.get("license", "see the model card")),
                       hub_id=hub_id, precision=precision or "fp32",

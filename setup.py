@@ -31,6 +31,7 @@ setup(
         "openslide-bin>=4.0",
         "tifffile>=2023.7",
         "imagecodecs>=2023.7",
+        "simplejpeg>=1.7",  # strict libjpeg-turbo decoding of stored tiles (warnings are errors)
         "scikit-image>=0.21",
         "scipy>=1.10",
         "h5py>=3.9",

@@ -25,6 +25,14 @@ class SlideReadError(WsiMilError):
     """A slide could not be opened or read (missing, truncated, not a slide)."""
 
 
+class CorruptTileError(SlideReadError):
+    """A stored tile of a slide does not decode cleanly (corrupt or truncated JPEG data)."""
+
+
+class TileMismatchError(SlideReadError):
+    """The fast tile reader and OpenSlide disagree on a sampled tile of a slide."""
+
+
 class MissingMppError(WsiMilError):
     """The slide has no physical resolution and none was provided."""
 

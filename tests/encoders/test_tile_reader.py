@@ -1,6 +1,8 @@
 """The tile reader against DeepZoomGenerator.get_tile, and its decode-once promise."""
 from __future__ import annotations
 
+import os
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -9,9 +11,16 @@ import pytest
 from openslide.deepzoom import DeepZoomGenerator
 
 from wsi_mil.encoders.tiff_direct import TiffLevelSource
-from wsi_mil.encoders.tile_reader import TileReader, _plan_loop, plan_tiles, read_order
+from wsi_mil.encoders.tile_reader import (
+    TileReader,
+    _plan_loop,
+    plan_tiles,
+    read_order,
+    verify_sample,
+)
 from wsi_mil.encoders.tile_stream import make_tile_loader, make_work_items
-from wsi_mil.errors import ConfigError, SlideReadError
+from wsi_mil.errors import ConfigError, CorruptTileError, SlideReadError, TileMismatchError
+from wsi_mil.testing.faults import flip_tile_bytes, stored_tiles, truncate_tile_data
 from wsi_mil.testing.synthetic_slides import write_synthetic_slide
 
 TILE = 224
@@ -196,3 +205,118 @@ def test_unknown_reader_options_are_config_errors(cmu_slide_path):
         TileReader(cmu_slide_path, np.zeros((0, 3)), TILE, resample="bicubic")
     with pytest.raises(ConfigError, match="mode"):
         TileReader(cmu_slide_path, np.zeros((0, 3)), TILE, mode="slow")
+
+
+# -- nothing wrong passes silently: corrupt stored tiles, verification against OpenSlide -------
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory):
+    """A 2048 x 1536 Aperio-like slide, one level of 8 x 6 stored tiles of 256 px."""
+    path = tmp_path_factory.mktemp("small") / "small.svs"
+    return write_synthetic_slide(path, width=2048, height=1536, mpp=0.25, n_levels=1,
+                                 seed=3).path
+
+
+def _damaged_copy(src, dst, flipped=(), truncated=(), seed=0):
+    shutil.copy(src, dst)
+    if flipped:
+        flip_tile_bytes(dst, flipped, n_bytes=8, seed=seed)
+    if truncated:
+        truncate_tile_data(dst, truncated, keep=0.5)
+    return dst
+
+
+def _openslide_reads_stored_tile(path, row, col, size=256) -> bool:
+    try:  # a fresh handle per tile: OpenSlide refuses every call after an error
+        openslide.OpenSlide(str(path)).read_region((col * size, row * size), 0, (size, size))
+        return True
+    except openslide.OpenSlideError:
+        return False
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_strict_decoding_rejects_exactly_the_stored_tiles_openslide_rejects(small_slide,
+                                                                           tmp_path, seed):
+    bad = _damaged_copy(small_slide, tmp_path / "bad.svs", flipped=range(0, 48, 4),
+                        truncated=[1, 2], seed=seed)
+    _, _, n_cols = stored_tiles(bad)
+    rejected = 0
+    with TiffLevelSource(bad, (2048, 1536)) as src:
+        for index in range(48):
+            row, col = divmod(index, n_cols)
+            ours = []
+            for scale in (1, 2):  # DCT-scaled decoding is as strict
+                try:
+                    src.read_tile(row, col, scale)
+                    ours.append(True)
+                except CorruptTileError as err:
+                    assert "does not decode cleanly" in str(err) and f"row {row}" in str(err)
+                    ours.append(False)
+            assert ours[0] == ours[1] == _openslide_reads_stored_tile(bad, row, col), index
+            rejected += not ours[0]
+    assert rejected >= 2 + 6  # both cut tiles and most of the 12 flipped ones
+
+
+def test_a_tile_cut_short_by_the_end_of_the_file_is_a_corrupt_tile_error(small_slide, tmp_path):
+    cut = tmp_path / "cut.svs"
+    shutil.copy(small_slide, cut)
+    offsets, counts, _ = stored_tiles(cut)
+    os.truncate(cut, int(offsets[-1] + counts[-1] // 2))  # OpenSlide cannot even open it
+    with TiffLevelSource(cut, (2048, 1536)) as src, \
+            pytest.raises(CorruptTileError, match=r"truncated: \d+ of \d+ bytes"):
+        src.read_tile(*divmod(len(offsets) - 1, src.n_cols))
+
+
+@pytest.mark.parametrize("resample", ["dct", "lanczos"])
+def test_a_slide_with_corrupt_tiles_fails_in_the_stream_and_the_next_slide_goes_on(
+        small_slide, tmp_path, resample):
+    bad = _damaged_copy(small_slide, tmp_path / "bad.svs", truncated=[9, 10])
+    coords, _ = _grid(small_slide, 1)  # 2x from level 0: every stored tile is read
+    items = make_work_items([(0, bad, coords, TILE), (1, small_slide, coords, TILE)])
+    seen, errors = set(), {}
+    for batch in make_tile_loader(items, batch_size=8, num_workers=0, resample=resample):
+        if "error" in batch:
+            errors[int(batch["slide"])] = batch["error"]
+        elif int(batch["slide"]) == 1:
+            seen.update(batch["index"].tolist())
+    assert list(errors) == [0] and errors[0].startswith("CorruptTileError")
+    assert "premature end of data segment" in errors[0]
+    assert seen == set(range(len(coords)))
+    with pytest.raises(openslide.OpenSlideError, match="Corrupt JPEG data"):  # as OpenSlide
+        for level, col, row in coords:
+            DeepZoomGenerator(openslide.OpenSlide(str(bad)), TILE, 0, False).get_tile(
+                int(level), (int(col), int(row)))
+
+
+@pytest.mark.parametrize("backend", ["auto", "openslide"])
+def test_sampled_tiles_are_checked_against_get_tile(cmu_slide_path, backend):
+    coords, _ = _grid(cmu_slide_path, 1)
+    sample = verify_sample(coords, 5)
+    assert len(sample) == 5 and len(set(sample.tolist())) == 5
+    with TileReader(cmu_slide_path, coords, TILE, backend=backend, verify=sample) as reader:
+        reader.read_all()
+        assert reader.verified == 5
+    with TileReader(cmu_slide_path, coords, TILE, mode="exact", verify=sample) as reader:
+        reader.read_all()
+        assert reader.verified == 0  # exact mode is get_tile itself
+
+
+def test_a_fast_tile_that_disagrees_with_openslide_fails_the_slide_with_its_address(
+        cmu_slide_path, monkeypatch):
+    coords, _ = _grid(cmu_slide_path, 0)
+    original = TileReader._iter_tiff
+
+    def shifted(self, src, idx):  # a geometry bug: every tile comes from its right neighbour
+        tiles = dict(original(self, src, idx))
+        for i in idx.tolist():
+            yield i, tiles.get(i + 1, tiles[i])
+
+    monkeypatch.setattr(TileReader, "_iter_tiff", shifted)
+    sample = verify_sample(coords, 2)
+    with TileReader(cmu_slide_path, coords, TILE, verify=sample) as reader, \
+            pytest.raises(TileMismatchError, match=r"disagree on DeepZoom tile \(\d+, \d+, \d+\)"):
+        reader.read_all()
+    items = make_work_items([(0, cmu_slide_path, coords, TILE)], chunk_tiles=16, verify_tiles=2)
+    assert sum(len(item.verify) for item in items) == 2  # per slide, not per band
+    errors = [b["error"] for b in make_tile_loader(items, 16, 0) if "error" in b]
+    assert errors and errors[0].startswith("TileMismatchError")

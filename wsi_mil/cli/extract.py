@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> int:
         resample=str(cfg.resample),
         backend=str(cfg.backend),
         chunk_tiles=None if cfg.chunk_tiles is None else int(cfg.chunk_tiles),
+        verify_tiles=int(cfg.get("verify_tiles", 2)),
     )
     return 1 if result.counts.get("failed", 0) else 0
 

@@ -3,33 +3,38 @@
 OpenSlide decodes the tiles a region touches on every ``read_region`` call;
 DeepZoom tiles that straddle stored tiles therefore decode the same stored tile
 several times. :class:`TiffLevelSource` reads one pyramid level's stored tiles
-by offset (``os.pread``) and decodes each with tifffile's decoder (libjpeg-turbo
-through imagecodecs, with the page's shared ``JPEGTables``); the pixels are the
-ones OpenSlide returns (checked bit-for-bit on Aperio tiles in the tests).
+by offset (``os.pread``) and decodes each once with libjpeg-turbo (simplejpeg),
+the abbreviated tile stream completed with the page's shared ``JPEGTables`` and
+an Adobe APP14 marker that names the colour transform (RGB tiles of Aperio
+slides are not YCbCr). The pixels are the ones OpenSlide returns (checked
+bit for bit against tifffile's decoder on a probe tile of every level, and
+against OpenSlide in the tests).
 
-For a 2x/4x/8x downsample it can decode at reduced scale with libjpeg's DCT
-scaling (``scale``), through Pillow's ``draft``: the abbreviated tile stream is
-completed with the page's tables and an Adobe APP14 marker that names the
-colour transform (RGB tiles of Aperio slides are not YCbCr).
+Decoding is strict, as OpenSlide's: any libjpeg warning ("Corrupt JPEG data:
+bad Huffman code", "premature end of data segment", ...) or a tile whose bytes
+are cut short by the end of the file raises :class:`CorruptTileError` instead of
+returning the partly grey tile that lenient decoders (imagecodecs, Pillow)
+give without a word.
+
+For a 2x/4x/8x downsample it decodes at reduced scale with libjpeg's DCT
+scaling (``scale``).
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
+import simplejpeg
 import tifffile
-from PIL import Image
-from tifffile.tifffile import jpeg_decode_colorspace
 
-from wsi_mil.errors import SlideReadError
+from wsi_mil.errors import CorruptTileError, SlideReadError
 
 JPEG = 7
 PHOTOMETRIC_RGB = 2
 PHOTOMETRIC_YCBCR = 6
 DCT_SCALES = (1, 2, 4, 8)
+N_PROBES = 3  # stored tiles tried to check the decoder against tifffile's
 
 
 def _adobe_marker(transform: int) -> bytes:
@@ -41,7 +46,9 @@ class TiffLevelSource:
     """Stored JPEG tiles of the TIFF page that OpenSlide uses as ``level``.
 
     Raises :class:`SlideReadError` when the page cannot be decoded directly
-    (not tiled, not JPEG, not 8-bit RGB); callers then fall back to OpenSlide.
+    (not tiled, not JPEG, not 8-bit RGB, or our decoder disagrees with tifffile's);
+    callers then fall back to OpenSlide. :meth:`read_tile` raises
+    :class:`CorruptTileError` for a corrupt or truncated stored tile.
     ``decode_count`` counts stored-tile decodes (for tests and benches).
     """
 
@@ -71,13 +78,16 @@ class TiffLevelSource:
         self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self._counts = np.asarray(page.databytecounts, dtype=np.int64)
         self._tables = page.jpegtables
-        self._decode = page.decode
-        self._colorspace = jpeg_decode_colorspace(int(page.photometric), int(page.planarconfig),
-                                                  tuple(page.extrasamples), bool(page.is_jfif))
+        transform = 0 if int(page.photometric) == PHOTOMETRIC_RGB else 1
+        tables = self._tables[2:-2] if self._tables else b""  # without their SOI / EOI
+        self._head = b"\xff\xd8" + _adobe_marker(transform) + tables
         self._fd = os.open(self.path, os.O_RDONLY)
         self.decode_count = 0
-        self._dct_ok: bool | None = None
-        self._direct_ok: bool | None = None
+        try:
+            self._probe()
+        except BaseException:
+            self.close()
+            raise
 
     def _find_page(self, size_px: tuple[int, int]):
         for page in self._tif.pages:
@@ -94,12 +104,36 @@ class TiffLevelSource:
                 return page
         return None
 
+    def _where(self, index: int) -> str:
+        row, col = divmod(int(index), self.n_cols)
+        return (f"{self.path.name}: stored tile (row {row}, col {col}) of the "
+                f"{self.width_px}x{self.height_px} level")
+
     def _raw(self, row: int, col: int) -> tuple[int, bytes]:
         index = row * self.n_cols + col
         count = int(self._counts[index])
         if count == 0:
             return index, b""
-        return index, os.pread(self._fd, count, int(self._offsets[index]))
+        data = os.pread(self._fd, count, int(self._offsets[index]))
+        if len(data) != count:
+            raise CorruptTileError(f"{self._where(index)} is truncated: {len(data)} of {count} "
+                                   "bytes in the file (an interrupted copy?)")
+        return index, data
+
+    def _probe(self) -> None:
+        """Check our decoder against tifffile's on the first stored tiles that decode cleanly;
+        :class:`SlideReadError` if they differ (the caller then falls back to OpenSlide)."""
+        for index in np.flatnonzero(self._counts > 0)[:N_PROBES]:
+            try:
+                _, data = self._raw(*divmod(int(index), self.n_cols))
+                mine = self._decode(data, int(index), 1)
+            except CorruptTileError:
+                continue  # a corrupt probe proves nothing; it fails when a tile needs it
+            ref = self.page.decode(data, int(index), jpegtables=self._tables)[0][0]
+            if mine.shape != ref.shape or not np.array_equal(mine, ref):
+                raise SlideReadError(f"{self.path.name}: the direct JPEG decoder disagrees with "
+                                     f"tifffile on stored tile {int(index)}")
+            return
 
     def read_tile(self, row: int, col: int, scale: int = 1) -> np.ndarray:
         """Decoded stored tile (tile_h/scale, tile_w/scale, 3) uint8 RGB.
@@ -114,54 +148,24 @@ class TiffLevelSource:
         if not data:
             return np.full((out_h, out_w, 3), 255, np.uint8)
         self.decode_count += 1
-        if scale == 1:
-            return self._decode_full(data, index)
-        return self._decode_scaled(data, scale)
+        return self._decode(data, index, scale)
 
-    def _decode_full(self, data: bytes, index: int) -> np.ndarray:
-        if self._direct_ok is None:  # imagecodecs directly (no tifffile wrapper), checked once
-            ref = self._decode(data, index, jpegtables=self._tables)[0][0]
-            mine = self._decode_direct(data)
-            self._direct_ok = mine.shape == ref.shape and bool(np.array_equal(mine, ref))
-            return ref
-        if self._direct_ok:
-            return self._decode_direct(data)
-        return self._decode(data, index, jpegtables=self._tables)[0][0]  # (H, W, 3)
-
-    def _decode_direct(self, data: bytes) -> np.ndarray:
-        colorspace, outcolorspace = self._colorspace
-        return imagecodecs.jpeg8_decode(data, tables=self._tables, colorspace=colorspace,
-                                        outcolorspace=outcolorspace)
-
-    def _jpeg_stream(self, data: bytes) -> bytes:
-        transform = 0 if int(self.page.photometric) == PHOTOMETRIC_RGB else 1
-        tables = self._tables[2:-2] if self._tables else b""
-        return b"\xff\xd8" + _adobe_marker(transform) + tables + data[2:]
-
-    def _decode_scaled(self, data: bytes, scale: int) -> np.ndarray:
-        im = Image.open(io.BytesIO(self._jpeg_stream(data)))
-        im.draft("RGB", (self.tile_w_px // scale, self.tile_h_px // scale))
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        # tobytes + frombuffer: one copy (np.asarray(im) makes two)
-        return np.frombuffer(im.tobytes(), np.uint8).reshape(im.size[1], im.size[0], 3)
+    def _decode(self, data: bytes, index: int, scale: int) -> np.ndarray:
+        out_h, out_w = -(-self.tile_h_px // scale), -(-self.tile_w_px // scale)
+        try:
+            tile = simplejpeg.decode_jpeg(self._head + data[2:], "RGB", fastdct=False,
+                                          fastupsample=False, min_height=out_h,
+                                          min_width=out_w, min_factor=scale, strict=True)
+        except ValueError as err:  # libjpeg error or warning: the tile is corrupt
+            raise CorruptTileError(f"{self._where(index)} does not decode cleanly: {err}") from err
+        if tile.shape != (out_h, out_w, 3):
+            raise CorruptTileError(f"{self._where(index)} decodes to {tile.shape}, expected "
+                                   f"{(out_h, out_w, 3)} (tile header disagrees with the TIFF)")
+        return tile
 
     def dct_scaling_supported(self) -> bool:
-        """Whether Pillow decodes this page's tiles exactly like tifffile (checked once)."""
-        if self._dct_ok is None:
-            self._dct_ok = False
-            for index in np.flatnonzero(self._counts > 0)[:1]:
-                row, col = divmod(int(index), self.n_cols)
-                _, data = self._raw(row, col)
-                try:
-                    ref = self._decode_full(data, int(index))
-                    im = Image.open(io.BytesIO(self._jpeg_stream(data)))
-                    im.load()
-                    mine = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-                    self._dct_ok = mine.shape == ref.shape and bool(np.array_equal(mine, ref))
-                except Exception:  # noqa: BLE001 - any Pillow failure just disables scaling
-                    self._dct_ok = False
-        return self._dct_ok
+        """Whether tiles can be decoded at 1/2, 1/4, 1/8 scale (libjpeg DCT scaling: always)."""
+        return True
 
     def close(self) -> None:
         if self._fd >= 0:

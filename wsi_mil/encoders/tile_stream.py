@@ -8,8 +8,10 @@ Stored tiles are decoded at most once per item: a band boundary may decode one
 row of stored tiles twice.
 
 A batch is a dict ``{"slide": int, "index": LongTensor (B,), "tiles": uint8
-(B, T, T, 3)}``; a slide that cannot be read yields ``{"slide": int, "error":
-str}`` once, and the consumer records the failure and goes on.
+(B, T, T, 3)}``; a slide that cannot be read (or has a corrupt stored tile, or
+whose sampled tiles disagree with OpenSlide: ``verify_tiles``) yields
+``{"slide": int, "error": str}`` once, and the consumer records the failure and
+goes on.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from wsi_mil.encoders.tile_reader import TileReader, read_order
+from wsi_mil.encoders.tile_reader import TileReader, read_order, verify_sample
 
 
 @dataclass
@@ -31,22 +33,26 @@ class WorkItem:
     coords: np.ndarray       # (n, 3) coords rows of this item
     indices: np.ndarray      # (n,) their row numbers in the slide's coords file
     tile_size: int
+    verify: np.ndarray | None = None  # rows of ``coords`` compared with OpenSlide's get_tile
 
 
 def make_work_items(slides: list[tuple[int, str | Path, np.ndarray, int]],
-                    chunk_tiles: int | None = None) -> list[WorkItem]:
+                    chunk_tiles: int | None = None, verify_tiles: int = 0) -> list[WorkItem]:
     """Split each ``(slide, path, coords (N, 3), tile_size)`` into raster-order bands.
 
     ``chunk_tiles=None`` keeps one item per slide (every stored tile decoded once).
+    ``verify_tiles``: tiles per slide (spread over it) compared with OpenSlide's get_tile.
     """
     items = []
     for slide, path, coords, tile_size in slides:
         coords = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
         order = read_order(coords)
+        checked = np.isin(np.arange(len(coords)), verify_sample(coords, int(verify_tiles)))
         step = len(order) if not chunk_tiles else max(int(chunk_tiles), 1)
         for start in range(0, len(order), max(step, 1)):
             sel = order[start:start + step]
-            items.append(WorkItem(slide, str(path), coords[sel], sel, int(tile_size)))
+            items.append(WorkItem(slide, str(path), coords[sel], sel, int(tile_size),
+                                  np.flatnonzero(checked[sel])))
     return items
 
 
@@ -78,7 +84,8 @@ class TileStream(IterableDataset):
         index = np.empty(self.batch_size, np.int64)
         n = 0
         try:
-            with TileReader(item.slide_path, item.coords, t, **self.reader_kwargs) as reader:
+            with TileReader(item.slide_path, item.coords, t, verify=item.verify,
+                            **self.reader_kwargs) as reader:
                 for local, tile in reader.iter_tiles():
                     tiles[n], index[n] = tile, item.indices[local]
                     n += 1

@@ -198,6 +198,7 @@ def run_extraction(
     chunk_tiles: int | None = None,
     channels_last: bool | None = None,
     encoder: Encoder | None = None,
+    verify_tiles: int = 2,
 ) -> ExtractionResult:
     """Encode the tiles of every slide of ``slide_table`` (DataFrame slide_id, path or spec).
 
@@ -212,9 +213,9 @@ def run_extraction(
     _check_choice("reader_mode", reader_mode, MODES)
     _check_choice("resample", resample, RESAMPLES)
     _check_choice("backend", backend, BACKENDS)
-    if int(batch_size) < 1 or int(num_workers) < 0:
-        raise ConfigError(f"batch_size must be >= 1 and num_workers >= 0, got "
-                          f"{batch_size} and {num_workers}")
+    if int(batch_size) < 1 or int(num_workers) < 0 or int(verify_tiles) < 0:
+        raise ConfigError(f"batch_size must be >= 1, num_workers and verify_tiles >= 0, got "
+                          f"{batch_size}, {num_workers} and {verify_tiles}")
     rank, world = dist_utils.init_from_env(device)
     dev = resolve_device(dist_utils.rank_device(device, rank))
     table = _slide_rows(slide_table)
@@ -298,7 +299,8 @@ def run_extraction(
                 "before reading -> {}", encoder.name, dev, rank, world, len(mine), len(skipped),
                 len(failures), out_root)
     _encode_slides(mine, encoder, dev, ledger, layout, features_dtype, int(batch_size),
-                   int(num_workers), reader_mode, resample, backend, chunk_tiles, use_cl)
+                   int(num_workers), reader_mode, resample, backend, chunk_tiles, use_cl,
+                   int(verify_tiles))
 
     if world > 1:
         ledger = dist_utils.merge_rank_ledgers(out_root, rank, world)
@@ -343,7 +345,7 @@ def _encode_batch(slides: list[_Slide], k: int, batch: dict, encoder: Encoder, d
 def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
                    ledger: StatusLedger, layout: str, features_dtype: str, batch_size: int,
                    num_workers: int, reader_mode: str, resample: str, backend: str,
-                   chunk_tiles: int | None, channels_last: bool) -> None:
+                   chunk_tiles: int | None, channels_last: bool, verify_tiles: int = 0) -> None:
     if not slides:
         return
     if chunk_tiles is None and num_workers > len(slides):
@@ -351,7 +353,7 @@ def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
         # (each band boundary may decode one row of stored tiles twice)
         chunk_tiles = max(512, -(-max(len(s.coords) for s in slides) // num_workers))
     items = make_work_items([(k, s.path, s.coords, int(s.attrs["tile_size"]))
-                             for k, s in enumerate(slides)], chunk_tiles)
+                             for k, s in enumerate(slides)], chunk_tiles, verify_tiles)
     loader = make_tile_loader(items, batch_size, num_workers, pin_memory=dev.type == "cuda",
                               mode=reader_mode, resample=resample, backend=backend)
     buffers: dict[int, np.ndarray] = {}
@@ -388,7 +390,8 @@ def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
                 if k not in dead and not ledger.is_done(s.slide_id)]
         del loader
         _encode_slides(rest, encoder, dev, ledger, layout, features_dtype, batch_size,
-                       num_workers, reader_mode, resample, backend, chunk_tiles, channels_last)
+                       num_workers, reader_mode, resample, backend, chunk_tiles, channels_last,
+                       verify_tiles)
         return
     for k, slide in enumerate(slides):
         if k not in dead and not ledger.is_done(slide.slide_id):

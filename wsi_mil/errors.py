@@ -76,5 +76,9 @@ class FoldPlanError(WsiMilError):
     """A fold plan cannot be made or does not match the cohort."""
 
 
+class FoldPlanMismatchError(FoldPlanError):
+    """Runs compared pairwise were not made on the same fold plan (folds, patients)."""
+
+
 class NonFiniteFeaturesError(WsiMilError):
     """Tile features hold NaN or inf (or overflow the in-memory dtype)."""

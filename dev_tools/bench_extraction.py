@@ -13,6 +13,11 @@ of the 40,000 x 30,000 synthetic 40x slide of ``bench_reader.py`` (same cache).
 - end-to-end: ``run_extraction`` (planning, reading, encoding, writing the h5).
 Encoder-only and end-to-end runs alternate (``--repeats``); medians are compared.
 Prints tiles/s and end-to-end / min(reader, encoder) (target >= 0.9).
+
+``--precision``: only the CPU precision check (issue 12): encoder-only tiles/s of
+the same ViT at fp32, at the default (``precision=None``: what ``create_encoder``
+resolves on this CPU) and with bf16 autocast forced (what the old default did on
+CPU), on random uint8 tiles; prints whether the CPU has native bf16.
 """
 from __future__ import annotations
 
@@ -54,6 +59,43 @@ def vit_weights(cache: Path) -> Path:
     return path
 
 
+def precision_check(cache: Path, n_tiles: int, batch_size: int) -> None:
+    """CPU tiles/s of one ViT: fp32, the default, and forced bf16 autocast."""
+    from wsi_mil.encoders.base import cpu_native_precisions
+
+    weights = str(vit_weights(cache))
+    gen = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (n_tiles, TILE, TILE, 3), dtype=torch.uint8, generator=gen)
+
+    def tiles_per_s(encoder, forced: str | None = None) -> float:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(forced or "")
+        with torch.inference_mode():
+            encoder(encoder.preprocess(tiles[:2]))  # warm-up
+            t0 = time.perf_counter()
+            for start in range(0, n_tiles, batch_size):
+                x = encoder.preprocess(tiles[start:start + batch_size])
+                if dtype is None:
+                    encoder(x)
+                else:
+                    with torch.autocast("cpu", dtype=dtype):
+                        encoder.embed(x)
+            return n_tiles / (time.perf_counter() - t0)
+
+    native = cpu_native_precisions()
+    print(f"CPU: capability {torch.backends.cpu.get_cpu_capability()}, native lower precisions "
+          f"{list(native) or 'none'}; torch threads {torch.get_num_threads()}; {n_tiles} tiles, "
+          f"batch {batch_size}, timm vit_small_patch16_224")
+    fp32 = create_encoder("timm:vit_small_patch16_224", weights=weights, precision="fp32")
+    default = create_encoder("timm:vit_small_patch16_224", weights=weights, precision=None)
+    default.default_precision = "bf16"  # as a card recommending bf16 (uni2_h)
+    default.precision = default.precision_on("cpu")
+    rows = [("fp32", tiles_per_s(fp32)),
+            (f"default (card bf16 -> runs {default.precision})", tiles_per_s(default)),
+            ("bf16 autocast forced (the old CPU default)", tiles_per_s(fp32, "bf16"))]
+    for label, tps in rows:
+        print(f"  {label:45s} {tps:8.1f} tiles/s  ({tps / rows[0][1]:4.2f} x fp32)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache-dir", default="/tmp/wsi_mil_bench_extract")
@@ -62,11 +104,16 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs (median)")
+    ap.add_argument("--precision", action="store_true",
+                    help="only compare CPU fp32 with the default precision (encoder-only)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    if args.precision:
+        precision_check(cache, args.n_tiles, args.batch_size)
+        return
     br = _bench_reader_module()
     slide = br.make_slide(cache, 40000, 30000, "auto")
     coords = br.tissue_coords(slide)[: args.n_tiles]

@@ -144,8 +144,13 @@ def test_arch_overrides_argument_equals_the_sidecar_file(saved, tiles, tmp_path)
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_on_cpu_still_returns_finite_fp32(saved, tiles, precision):
+    from wsi_mil.encoders.base import cpu_native_precisions
+
     enc = create_encoder(**saved["uni"], precision=precision)
-    assert enc.precision == precision
+    assert enc.requested_precision == precision
+    # explicit lower precision runs on CPU only where the CPU computes it natively
+    assert enc.precision == (precision if precision in cpu_native_precisions() else "fp32")
+    assert enc.precision_used == enc.precision
     feats = enc(enc.preprocess(tiles))
     assert feats.dtype == torch.float32 and torch.isfinite(feats).all()
 
@@ -161,7 +166,10 @@ def test_describe_lists_what_feature_files_record(saved):
 def test_precision_defaults_to_fp32_and_none_picks_the_model_card_recommendation(saved):
     assert create_encoder(**saved["virchow2"]).precision == "fp32"
     enc = create_encoder(**saved["virchow2"], precision=None)
-    assert enc.precision == enc.default_precision == "fp16"
+    assert enc.default_precision == "fp16" and enc.requested_precision is None
+    assert enc.precision == "fp32"  # on CPU the card's fp16 is never a default
+    assert enc.precision_on("cuda") == "fp16"  # on CUDA it is
+    assert enc.describe()["precision"] == "fp32"
 
 
 def test_timm_weights_load_from_a_pytorch_model_bin_file(tmp_path, tiles):

@@ -7,8 +7,19 @@ extraction loop needs, so the loop never special-cases a model::
     features = encoder(images)                 # (B, encoder.embed_dim) float32
 
 Precision: ``"fp32" | "fp16" | "bf16"``. Weights stay in fp32; ``forward``
-runs the model under ``torch.autocast`` on CUDA for fp16/bf16, on CPU only for
-bf16 (fp16 on CPU falls back to fp32). The returned features are always fp32.
+runs the model under ``torch.autocast`` with the precision actually used on
+the device (:func:`resolve_precision`):
+
+- CUDA: the requested precision, or the model card's recommendation when none
+  was asked (``precision=None``); bf16 on a GPU without bf16 runs fp32;
+- CPU: fp32, unless a lower precision is asked for explicitly AND the CPU runs it
+  natively (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16). Emulated bf16 is several
+  times slower than fp32 (issue 12: 243 s vs 33.5 s), so it is never a default.
+
+``encoder.precision`` is the precision used on the encoder's device (what
+feature files record); ``encoder.requested_precision`` what was asked (None:
+the card's), ``encoder.default_precision`` the card's recommendation.
+The returned features are always fp32.
 """
 from __future__ import annotations
 
@@ -91,6 +102,40 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {PRECISIONS}")
     return precision
+
+
+def cpu_native_precisions() -> tuple[str, ...]:
+    """Lower precisions this CPU computes natively (bf16: AVX512-BF16 / AMX; fp16: AMX-FP16)."""
+    cpu = getattr(torch, "cpu", None)
+
+    def has(flag: str) -> bool:
+        fn = getattr(cpu, flag, None)
+        try:
+            return bool(fn()) if fn is not None else False
+        except Exception:  # pragma: no cover - exotic builds
+            return False
+
+    out = []
+    if has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported"):
+        out.append("bf16")
+    if has("_is_amx_fp16_supported"):
+        out.append("fp16")
+    return tuple(out)
+
+
+def resolve_precision(requested: str | None, default: str, device: torch.device | str) -> str:
+    """The precision actually used on ``device`` (see the module docstring)."""
+    device_type = torch.device(device).type
+    if requested is not None:
+        check_precision(requested)
+    if device_type == "cuda":
+        wanted = requested or default
+        if wanted == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return "fp32"
+        return wanted
+    if device_type == "cpu" and requested in ("bf16", "fp16"):
+        return requested if requested in cpu_native_precisions() else "fp32"
+    return "fp32"
 
 
 def to_channels_first(tiles: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -179,7 +224,7 @@ class Encoder(nn.Module):
         pooling: str,
         license: str,
         hub_id: str | None = None,
-        precision: str = "fp32",
+        precision: str | None = "fp32",
         weights_sha256: str | None = None,
         weights_source: str | None = None,
         default_precision: str = "fp32",
@@ -191,8 +236,9 @@ class Encoder(nn.Module):
         self.pooling = pooling
         self.license = license
         self.hub_id = hub_id
-        self.precision = check_precision(precision)
         self.default_precision = check_precision(default_precision)
+        self.requested_precision = None if precision is None else check_precision(precision)
+        self.precision = resolve_precision(self.requested_precision, self.default_precision, "cpu")
         self.weights_sha256 = weights_sha256
         self.weights_source = weights_source
 
@@ -215,16 +261,25 @@ class Encoder(nn.Module):
         raise NotImplementedError(f"encoder {self.name!r} has no text tower")
 
     # -- helpers ---------------------------------------------------------------
+    def precision_on(self, device: torch.device | str) -> str:
+        """The precision this encoder runs at on ``device``."""
+        return resolve_precision(self.requested_precision, self.default_precision, device)
+
+    @property
+    def precision_used(self) -> str:
+        """The precision on the device the encoder's weights are on (what features record)."""
+        tensor = next(iter(self.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(self.buffers()), None)
+        return self.precision_on(tensor.device if tensor is not None else "cpu")
+
     def autocast(self, device: torch.device | str):
-        """The autocast context for ``self.precision`` on ``device`` (or a no-op)."""
+        """The autocast context for the precision used on ``device`` (or a no-op)."""
         device_type = torch.device(device).type
-        if self.precision == "fp32":
+        precision = self.precision_on(device)
+        if precision == "fp32" or device_type not in ("cuda", "cpu"):
             return nullcontext()
-        if device_type == "cpu" and self.precision == "fp16":
-            return nullcontext()  # fp16 on CPU is slow and inexact: run fp32
-        if device_type not in ("cuda", "cpu"):
-            return nullcontext()
-        return torch.autocast(device_type=device_type, dtype=_AUTOCAST_DTYPES[self.precision])
+        return torch.autocast(device_type=device_type, dtype=_AUTOCAST_DTYPES[precision])
 
     def describe(self) -> dict[str, Any]:
         """Plain values to store next to features (h5 attrs, logs)."""
@@ -233,6 +288,8 @@ class Encoder(nn.Module):
             "embed_dim": self.embed_dim,
             "pooling": self.pooling,
             "precision": self.precision,
+            "requested_precision": self.requested_precision or "",
+            "default_precision": self.default_precision,
             "weights_sha256": self.weights_sha256 or "",
             "weights_source": self.weights_source or "",
             "hub_id": self.hub_id or "",
@@ -255,6 +312,9 @@ def finalize(encoder: Encoder, device: str | torch.device = "cpu") -> Encoder:
     for p in encoder.parameters():
         p.requires_grad_(False)
     encoder.to(device)
-    if torch.device(device).type == "cpu" and encoder.precision == "fp16":
-        logger.warning("encoder {}: fp16 requested on CPU, running fp32", encoder.name)
+    encoder.precision = encoder.precision_on(device)
+    requested = encoder.requested_precision
+    if requested not in (None, encoder.precision):
+        logger.warning("encoder {}: {} requested on {} but not supported natively there; running "
+                       "{}", encoder.name, requested, torch.device(device).type, encoder.precision)
     return encoder

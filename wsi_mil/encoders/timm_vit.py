@@ -103,7 +103,7 @@ def make_timm_encoder(spec: TimmSpec, weights, device, precision, arch_overrides
                                     resize_size=spec.resize_size if spec.resize_size > input_size
                                     else 0),
         pooling=spec.pooling, license=spec.license, hub_id=spec.hub_id,
-        precision=precision or spec.precision, weights_sha256=resolved.sha256,
+        precision=precision, weights_sha256=resolved.sha256,
         weights_source=resolved.source, default_precision=spec.precision,
     )
     return finalize(enc, device)

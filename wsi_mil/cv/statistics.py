@@ -128,7 +128,7 @@ def weighted_fold_metric(metric: str, fold: pd.DataFrame, weights: np.ndarray) -
     return values.mean(axis=0)
 
 
-def _fold_keys(predictions: pd.DataFrame) -> list[tuple[int, int]]:
+def fold_keys(predictions: pd.DataFrame) -> list[tuple[int, int]]:
     return sorted({(int(r), int(k)) for r, k in zip(predictions["repeat"], predictions["outer_fold"],
                                                        strict=True)})
 
@@ -142,7 +142,7 @@ def fold_metric_replicates(predictions: pd.DataFrame, metric: str, patient_weigh
     the patient ids as columns. Folds are ordered by (repeat, outer_fold).
     """
     out = []
-    for r, k in _fold_keys(predictions):
+    for r, k in fold_keys(predictions):
         fold = predictions[(predictions["repeat"] == r) & (predictions["outer_fold"] == k)]
         w = patient_weights[fold["patient_id"].astype(str).to_numpy()].to_numpy(dtype=np.float64)
         out.append(weighted_fold_metric(metric, fold.reset_index(drop=True), w))
@@ -168,7 +168,7 @@ def _cv_mean(fold_values: np.ndarray) -> np.ndarray:
         return np.nanmean(fold_values, axis=1)
 
 
-def _percentile(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     v = values[np.isfinite(values)]
     if v.size == 0:
         return float("nan"), float("nan")
@@ -227,8 +227,8 @@ def patient_bootstrap_ci(predictions: pd.DataFrame, metric: str, *, n_boot: int 
     estimate = float(_cv_mean(observed[None])[0])
     weights = patient_weights(predictions["patient_id"], n_boot, seed)
     replicates = fold_metric_replicates(predictions, metric, weights)
-    repeats = np.array([r for r, _ in _fold_keys(predictions)])
-    low, high = _percentile(combined_replicates(replicates, observed, repeats), level)
+    repeats = np.array([r for r, _ in fold_keys(predictions)])
+    low, high = percentile_interval(combined_replicates(replicates, observed, repeats), level)
     lo_bound, hi_bound = METRIC_RANGES[metric]
     if np.isfinite(low):
         low, high = max(low, lo_bound), min(high, hi_bound)

@@ -33,8 +33,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from wsi_mil.errors import FileFormatError
-from wsi_mil.io.atomic import atomic_path
+from wsi_mil.errors import FileFormatError, NonFiniteFeaturesError
+from wsi_mil.io.atomic import atomic_path, write_h5_atomic
 from wsi_mil.io.h5attrs import read_h5_attrs, to_h5_attr
 
 FEATURE_DTYPES = ("float16", "float32")
@@ -73,14 +73,28 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray,
             f"{coords_level0.shape} must be (N, D), (N, 3), (N, 2)"
         )
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=features.astype(dtype))
+    stored = features.astype(dtype)
+    check_finite(stored, path)
+
+    def fill(f: h5py.File) -> None:
+        f.create_dataset("features", data=stored)
         f.create_dataset("coords", data=coords)
         f.create_dataset("coords_level0", data=coords_level0)
         for key, value in attrs.items():
             f.attrs[key] = to_h5_attr(value)
         f.attrs["features_dtype"] = dtype
-    return path
+
+    return write_h5_atomic(path, fill)
+
+
+def check_finite(features: np.ndarray, path: str | Path) -> None:
+    """:class:`NonFiniteFeaturesError` naming ``path`` if ``features`` (N, D) hold NaN / inf."""
+    bad = ~np.isfinite(features)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(len(features), -1).any(axis=1))
+        raise NonFiniteFeaturesError(
+            f"refusing to write {path}: {len(rows)} of {len(features)} feature rows hold NaN or "
+            f"inf (first row {int(rows[0])}); a float16 store turns |x| > 65504 into inf")
 
 
 def read_feature_attrs(path: str | Path) -> dict[str, Any]:
@@ -116,6 +130,7 @@ def write_reference_features(path: str | Path, features: np.ndarray, coords: np.
     features = np.asarray(features, dtype=np.float32)
     if len(features) != len(coords):
         raise FileFormatError(f"{path}: {len(features)} feature rows for {len(coords)} coords")
+    check_finite(features, path)
     table = np.concatenate([coords.astype(np.float32), features], axis=1)
     with atomic_path(path) as tmp:
         np.save(tmp, table)

@@ -111,7 +111,7 @@ def _expected_attrs(encoder: Encoder, coords_attrs: dict, coords: np.ndarray,
         "embed_dim": int(encoder.embed_dim),
         "weights_sha256": encoder.weights_sha256 or "",
         "weights_source": getattr(encoder, "weights_source", "") or "",
-        "precision": getattr(encoder, "precision_used", encoder.precision),  # as run on its device
+        "precision": encoder.precision,
         "pooling": getattr(encoder, "pooling", ""),
         "mean": list(prep.mean),
         "std": list(prep.std),
@@ -128,6 +128,29 @@ def _expected_attrs(encoder: Encoder, coords_attrs: dict, coords: np.ndarray,
         "resample": resample,
         "library_versions": library_versions(),
     }
+
+
+def check_finite_features(feats: np.ndarray, features_dtype: str, coords: np.ndarray,
+                          precision: str = "") -> str:
+    """Why a batch of features (B, D) cannot be stored ('' if it can): NaN / inf values, or
+    finite values beyond the storage dtype (float16 overflows to inf above 65504)."""
+    bad = ~np.isfinite(feats)
+    limit = float(np.finfo(features_dtype).max)
+    if not bad.any():
+        over = np.abs(feats) > limit
+        if not over.any():
+            return ""
+        rows = np.flatnonzero(over.any(axis=1))
+        return (f"{int(over.sum())} feature value(s) of {len(rows)} tile(s) exceed the "
+                f"{features_dtype} range (|x| up to {float(np.abs(feats).max()):.3g} > {limit:.5g}), "
+                f"e.g. tile {tuple(int(v) for v in coords[rows[0]])}; store them with "
+                "features_dtype=float32")
+    rows = np.flatnonzero(bad.any(axis=1))
+    hint = (f" (precision={precision}: try precision=fp32)" if precision in ("fp16", "bf16")
+            else "")
+    return (f"the encoder returned {int(np.isnan(feats).sum())} NaN and "
+            f"{int(np.isinf(feats).sum())} inf value(s) in {len(rows)} tile(s), e.g. tile "
+            f"{tuple(int(v) for v in coords[rows[0]])} (dz level, col, row){hint}")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -322,6 +345,12 @@ def _encode_batch(slides: list[_Slide], k: int, batch: dict, encoder: Encoder, d
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         feats = encoder(images).float().cpu().numpy()  # (B, D)
+    if reason := check_finite_features(feats, features_dtype, slide.coords[batch["index"].numpy()],
+                                       encoder.precision):
+        buffers.pop(k, None)
+        ledger.record(slide.slide_id, "failed", f"NonFiniteFeaturesError: {reason}")
+        logger.error("{}: {}", slide.slide_id, reason)
+        return False
     if k not in buffers:
         buffers[k] = np.empty((len(slide.coords), feats.shape[1]), np.float32)
         received[k] = 0

@@ -7,10 +7,11 @@ overwritten by the next run.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_h5_atomic(path: str | Path, fill: Callable[[Any], None]) -> Path:
+    """Write an h5 file atomically: ``fill(h5py.File)`` builds it in memory, then plain bytes
+    go to disk. A full disk (ENOSPC) or a read-only folder is then an ordinary ``OSError``
+    of a Python write, never a half-closed HDF5 file (HDF5 crashed the interpreter at exit)."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        fill(f)
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from wsi_mil.errors import FileFormatError
-from wsi_mil.io.atomic import atomic_path
+from wsi_mil.io.atomic import atomic_path, write_h5_atomic
 from wsi_mil.io.h5attrs import read_h5_attrs, to_h5_attr
 from wsi_mil.version import __version__
 
@@ -57,13 +57,15 @@ def write_coords(path: str | Path, coords: np.ndarray, coords_level0: np.ndarray
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
     coords_level0 = np.asarray(coords_level0, dtype=np.int64).reshape(-1, 2)
     _check_arrays(coords, coords_level0, str(path))
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("coords", data=coords)
-            f.create_dataset("coords_level0", data=coords_level0)
-            f.attrs["wsi_mil_version"] = __version__
-            for key, value in attrs.items():
-                f.attrs[key] = to_h5_attr(value)
+
+    def fill(f: h5py.File) -> None:
+        f.create_dataset("coords", data=coords)
+        f.create_dataset("coords_level0", data=coords_level0)
+        f.attrs["wsi_mil_version"] = __version__
+        for key, value in attrs.items():
+            f.attrs[key] = to_h5_attr(value)
+
+    write_h5_atomic(path, fill)
 
 
 def read_coords(path: str | Path) -> CoordsFile:

@@ -25,7 +25,7 @@ import numpy as np
 
 from wsi_mil.errors import FileFormatError
 from wsi_mil.io.features import FeatureProvenance, provenance_from_attrs
-from wsi_mil.io.h5attrs import read_h5_attrs
+from wsi_mil.io.h5attrs import open_h5, read_h5_attrs
 
 SOURCES = ("wsi_mil", "reference", "trident")
 _REF_META_COLS = 3
@@ -38,7 +38,7 @@ def detect_feature_source(features_dir: str | Path) -> str:
         raise FileFormatError(f"features_dir {str(root)!r} is not a folder")
     h5 = sorted(p for p in root.glob("*.h5") if not p.name.startswith("."))
     if h5:
-        with h5py.File(h5[0], "r") as f:
+        with open_h5(h5[0], "h5 feature file") as f:
             if "features" not in f:
                 raise FileFormatError(f"{h5[0]} has no 'features' dataset; datasets: {list(f)}")
             return "wsi_mil" if "wsi_mil_version" in f.attrs else "trident"
@@ -84,15 +84,23 @@ def _h5_features(f: h5py.File, path: Path) -> h5py.Dataset:
     return ds
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise FileFormatError(f"{path} is not a readable .npy feature file ({err}); rerun the "
+                              "extraction that wrote it (or delete the file)") from err
+
+
 def feature_shape(features_dir: str | Path, slide_id: str, source: str) -> tuple[int, int]:
     """(N tiles, D) without reading the features."""
     path = feature_file(features_dir, slide_id, source)
     if source == "reference":
-        arr = np.load(path, mmap_mode="r")
+        arr = _load_npy(path)
         if arr.ndim != 2 or arr.shape[1] <= _REF_META_COLS:
             raise FileFormatError(f"{path}: shape {arr.shape}; expected (N, 3 + D)")
         return int(arr.shape[0]), int(arr.shape[1] - _REF_META_COLS)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "h5 feature file") as f:
         shape = _h5_features(f, path).shape
     return (int(shape[-2]), int(shape[-1]))
 
@@ -106,11 +114,11 @@ def read_slide_features(
     if not path.is_file():
         raise FileFormatError(f"no {source} feature file for slide {slide_id!r}: {path}")
     if source == "reference":
-        arr = np.load(path, mmap_mode="r")
+        arr = _load_npy(path)
         if arr.ndim != 2 or arr.shape[1] <= _REF_META_COLS:
             raise FileFormatError(f"{path}: shape {arr.shape}; expected (N, 3 + D)")
         return np.ascontiguousarray(arr[:, _REF_META_COLS:])
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "h5 feature file") as f:
         ds = _h5_features(f, path)
         arr = ds[0] if ds.ndim == 3 else ds[()]
     return arr
@@ -151,7 +159,7 @@ def read_slide_bag(path: str | Path) -> SlideBag:
     """Features and level-0 tile positions from our h5 (``coords_level0``) or a
     TRIDENT / CLAM h5 (``coords`` (N, 2) = level-0 x, y)."""
     path = Path(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "h5 feature file") as f:
         ds = _h5_features(f, path)
         features = np.asarray(ds[0] if ds.ndim == 3 else ds[()], dtype=np.float32)
         if "coords_level0" in f:

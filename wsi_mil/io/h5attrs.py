@@ -1,7 +1,9 @@
 """Python values <-> h5 attributes, one rule for every h5 file wsi_mil writes or reads."""
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,17 @@ def from_h5_attr(value: Any) -> Any:
 def read_h5_attrs(obj: h5py.HLObject) -> dict[str, Any]:
     """All attributes of an open h5 file / group / dataset as plain Python values."""
     return {k: from_h5_attr(v) for k, v in obj.attrs.items()}
+
+
+@contextlib.contextmanager
+def open_h5(path: str | Path, what: str = "h5 file") -> Iterator[h5py.File]:
+    """``h5py.File(path, "r")`` whose read errors (truncated, not HDF5, unreadable) are a
+    :class:`~wsi_mil.errors.FileFormatError` naming the file and the fix."""
+    from wsi_mil.errors import FileFormatError
+
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except OSError as err:
+        raise FileFormatError(f"{path} is not a readable {what} ({err}); rerun the stage that "
+                              "wrote it (or delete the file)") from err

@@ -5,6 +5,7 @@ Reads what a run left on disk (feature and coords files through ``wsi_mil.io``,
 """
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,14 @@ def default_model_factory() -> ModelFactory:
 def load_fold_model(path: str | Path, factory: ModelFactory | None = None) -> torch.nn.Module:
     """Rebuild an outer-fold model from ``models/r{r}_f{k}.pt`` (eval mode, CPU)."""
     path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise FileFormatError(f"{path} is not a readable model checkpoint "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); rerun "
+                              "`wsi-mil cv` for this run (or delete the file)") from err
+    if not isinstance(ckpt, dict):
+        raise FileFormatError(f"{path} holds a {type(ckpt).__name__}, not a model checkpoint")
     missing = {"model", "in_dim", "n_outputs", "state_dict"} - set(ckpt)
     if missing:
         raise FileFormatError(f"{path} lacks keys {sorted(missing)}")

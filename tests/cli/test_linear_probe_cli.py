@@ -36,6 +36,8 @@ def test_linear_probe_with_a_split_csv_writes_csv_and_markdown_tables(tmp_path, 
     assert macro.loc[1, "n_train"] == 45 and macro.loc[1, "auc"] > 0.85
     long = pd.read_csv(out / "linear_probe.csv")
     assert set(long["class"]) == {"class0", "class1", "class2", "macro"}
+    per_tile = pd.read_csv(out / "linear_probe_tile_scores.csv")  # auditable per-tile outputs
+    assert len(per_tile) == 2 * 45 and {"tile_id", "label", "pred", "p_class0"} <= set(per_tile.columns)
 
 
 def test_linear_probe_with_a_test_folder_and_text_initialised_few_shot(tmp_path, tiles, tiny_plip):
@@ -54,6 +56,8 @@ def test_linear_probe_with_a_test_folder_and_text_initialised_few_shot(tmp_path,
     assert {"logreg_mean", "random_init_mean", "text_init_mean", "zero_shot_mean"} <= set(table.columns)
     per_seed = pd.read_csv(out / "few_shot.csv")
     assert set(per_seed["seed"]) == {0, 1} and (out / "few_shot_summary.md").is_file()
+    supports = pd.read_csv(out / "few_shot_supports.csv")
+    assert supports.query("k == 4 and seed == 1")["unit"].nunique() == 12
 
 
 def test_linear_probe_errors_exit_with_code_2(tmp_path, tiles):
@@ -78,6 +82,8 @@ def test_zero_shot_tile_mode_with_a_tiny_clip(tmp_path, tiles, tiny_plip):
     assert code == 0
     metrics = pd.read_csv(out / "zero_shot_tiles.csv")
     assert set(metrics["class"]) == {"class0", "class1", "macro"}
+    per_tile = pd.read_csv(out / "zero_shot_tile_scores.csv")
+    assert len(per_tile) == 60 and set(per_tile["label"]) == {"class0", "class1"}
     retrieval = pd.read_csv(out / "image_retrieval.csv")
     assert retrieval.set_index(["metric", "k"]).loc[("acc", 5), "value"] > 0.9
 

@@ -118,3 +118,63 @@ def test_image_image_retrieval_against_a_gallery_with_patient_groups(tmp_path, t
     assert table.loc[("acc", 3), "value"] > 0.8 and (table["n_groups"] == 7).all()
     queries = pd.read_csv(out / "retrieval_image_image_queries.csv")
     assert queries["neighbour_1"].isin(tiles.tile_ids[tiles.split == "train"]).all()
+
+
+def test_few_shot_tile_benchmark_writes_tables_intervals_supports_and_scores(tmp_path, tiles,
+                                                                             tiny_plip):
+    train = write_tile_features_dir(tmp_path / "train", tiles, split="train")
+    test = write_tile_features_dir(tmp_path / "test", tiles, split="test")
+    out = tmp_path / "fs"
+    assert main(["few-shot", f"features_dir={train}", f"test_features_dir={test}", "ks=[1,2]",
+                 "seeds=[0,1]", "methods=[logreg,random_init,text_init,zero_shot]", "cv_folds=2",
+                 "head.epochs=5", "n_bootstrap=20", "text.encoder=plip",
+                 f"text.weights={tiny_plip['weights']}", f"text.{PROMPTS}", f"output_dir={out}"]) == 0
+    table = pd.read_csv(out / "few_shot_table.csv")
+    assert table["k"].tolist() == [0, 1, 2]
+    for method in ("logreg", "random_init", "text_init"):
+        shots = table.set_index("k").loc[[1, 2]]
+        assert (shots[f"{method}_ci_low"] <= shots[f"{method}_mean"]).all()
+    supports = pd.read_csv(out / "few_shot_supports.csv")
+    assert (supports.groupby(["k", "seed"]).size() == supports.groupby(["k", "seed"])["k"].first() * 3).all()
+    assert set(supports["unit"]) <= set(f"train:{t}" for t in tiles.tile_ids[tiles.split == "train"])
+    scores = np.load(out / "few_shot_tile_scores.npz")
+    assert scores["text_init_k2_s1"].shape == ((tiles.split == "test").sum(), 3)
+    assert not (out / "few_shot_slide_table.csv").exists()  # no slides known for these tiles
+
+
+def test_cite_style_slide_few_shot_with_a_local_text_model(tmp_path):
+    from wsi_mil.io.features import write_features
+    from wsi_mil.testing.tiny_models import save_tiny_bert
+
+    bert = save_tiny_bert(tmp_path / "bert")  # a biomedical LM stand-in, not aligned with images
+    rng = np.random.default_rng(0)
+    dirs = np.eye(2, 16) * 2.5
+    rows = []
+    attrs = {"wsi_mil_version": "t", "encoder": "uni", "weights_sha256": "u" * 64}
+    for c, label in enumerate(["tumor", "normal"]):
+        for s in range(6):
+            sid = f"{label}_{s}"
+            feats = dirs[c] + rng.normal(size=(10, 16))
+            coords = np.zeros((10, 3), np.int64)
+            write_features(tmp_path / "features" / f"{sid}.h5", feats, coords, coords[:, :2], attrs)
+            rows.append({"slide_id": sid, "patient_id": f"{label}_p{s // 2}", "label": label,
+                         "split": "train" if s < 4 else "test"})
+    cohort = tmp_path / "cohort.csv"
+    pd.DataFrame(rows).to_csv(cohort, index=False)
+    out = tmp_path / "cite"
+    assert main(["few-shot", f"slide_features_dir={tmp_path / 'features'}", f"cohort={cohort}",
+                 "sample_by=slide", "ks=[1,2]", "seeds=[0,1]", "methods=[logreg,cite]", "cv_folds=2",
+                 "cite.steps=30", f"text.hf_model={bert}", "n_bootstrap=20",
+                 "text.class_prompts={tumor: [tumor tissue], normal: [normal tissue]}",
+                 f"output_dir={out}"]) == 0
+    slide_table = pd.read_csv(out / "few_shot_slide_table.csv")
+    assert slide_table["k"].tolist() == [1, 2]
+    assert {"cite_mean", "cite_ci_low", "cite_ci_high", "logreg_mean"} <= set(slide_table.columns)
+    assert slide_table["logreg_mean"].iloc[-1] >= 0.75  # planted signal: slides are easy
+    supports = pd.read_csv(out / "few_shot_supports.csv")
+    assert (supports["n_tiles"] == 10).all()  # whole slides
+    assert supports.query("k == 2 and seed == 0")["unit"].nunique() == 4  # 2 slides x 2 classes
+    votes = pd.read_csv(out / "few_shot_slide_scores.csv")
+    assert set(votes["slide_id"]) == {f"{lbl}_{s}" for lbl in ("tumor", "normal") for s in (4, 5)}
+    log = (out / "few_shot.log").read_text()
+    assert "CITE head: class texts (2, 32)" in log

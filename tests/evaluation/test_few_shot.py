@@ -79,7 +79,8 @@ def test_text_initialised_head_is_reported_beside_random_init(tiles):
     # The planted text prior helps when labels are scarce.
     assert shots.loc[1, "text_init_mean"] > shots.loc[1, "random_init_mean"]
     summary = result.summary
-    assert set(summary.columns) == {"method", "k", "class", "metric", "mean", "sd", "n_seeds"}
+    assert set(summary.columns) == {"method", "k", "level", "class", "metric", "mean", "sd",
+                                    "n_seeds", "ci_low", "ci_high"}
     assert (summary[summary.method != "zero_shot"]["n_seeds"] == 3).all()
 
 
@@ -89,3 +90,56 @@ def test_text_methods_need_prototypes(tiles):
         run_few_shot(trx, try_, tex, tey, ks=(1,), seeds=(0,), methods=("text_init",))
     with pytest.raises(ConfigError, match="valid"):
         run_few_shot(trx, try_, tex, tey, ks=(1,), seeds=(0,), methods=("knn",))
+
+
+def slide_cohort(n_slides_per_class=6, tiles=8, seed=0):
+    """Tiles of slides (two slides per patient), every tile labelled with its slide's class."""
+    rng = np.random.default_rng(seed)
+    dirs = np.eye(3, 12)
+    xs, ys, slides, patients = [], [], [], []
+    for c in range(3):
+        for s in range(n_slides_per_class):
+            xs.append(2.0 * dirs[c] + rng.normal(size=(tiles, 12)))
+            ys += [c] * tiles
+            slides += [f"c{c}_s{s}"] * tiles
+            patients += [f"c{c}_p{s // 2}"] * tiles
+    return np.concatenate(xs).astype(np.float32), np.array(ys), np.array(slides), np.array(patients)
+
+
+def test_k_shot_by_slide_takes_every_tile_of_k_slides_per_class():
+    _, y, slides, patients = slide_cohort()
+    idx = sample_k_shot(y, 2, seed=3, units=slides)
+    picked = pd.Series(slides[idx]).groupby(y[idx]).nunique()
+    assert picked.tolist() == [2, 2, 2] and idx.size == 2 * 3 * 8
+    assert set(slides[sample_k_shot(y, 1, seed=3, units=slides)]) <= set(slides[idx])  # nested
+    by_patient = sample_k_shot(y, 1, seed=3, units=patients)
+    assert pd.Series(patients[by_patient]).nunique() == 3 and by_patient.size == 3 * 16
+    mixed = slides.copy()
+    mixed[y == 1] = "c0_s0"  # one "slide" with tiles of two classes
+    with pytest.raises(ConfigError, match="several classes"):
+        sample_k_shot(y, 1, seed=0, units=mixed)
+
+
+def test_slide_level_soft_vote_and_intervals_of_the_seed_mean():
+    x, y, slides, patients = slide_cohort()
+    train = np.isin(slides, [f"c{c}_s{s}" for c in range(3) for s in range(3)])
+    result = run_few_shot(x[train], y[train], x[~train], y[~train], ks=(1, 2), seeds=(0, 1, 2),
+                          methods=("logreg",), probe_kwargs=FAST_PROBE, train_units=slides[train],
+                          test_slides=slides[~train], test_groups=patients[~train], n_bootstrap=50,
+                          keep_tile_scores=True)
+    assert set(result.per_seed["level"]) == {"tile", "slide"}
+    # The slide probabilities are the mean of their tiles' probabilities.
+    probs = result.tile_scores[("logreg", 2, 1)]
+    votes = result.slide_scores.query("k == 2 and seed == 1").set_index("slide_id")
+    test_slides = slides[~train]
+    for sid in ("c0_s3", "c2_s5"):
+        np.testing.assert_allclose(votes.loc[sid, ["p_0", "p_1", "p_2"]].to_numpy(float),
+                                   probs[test_slides == sid].mean(0))
+    table = result.table("accuracy", level="slide")
+    assert table["k"].tolist() == [1, 2]
+    assert (table["logreg_ci_low"] <= table["logreg_mean"]).all()
+    assert (table["logreg_mean"] <= table["logreg_ci_high"]).all()
+    macro = result.per_seed.query("level == 'slide' and `class` == 'macro' and metric == 'accuracy'")
+    acc = votes.assign(pred=votes[["p_0", "p_1", "p_2"]].to_numpy(float).argmax(1))
+    expected = (acc["pred"].to_numpy() == acc["label"].astype(int).to_numpy()).mean()
+    assert macro.query("k == 2 and seed == 1")["value"].iloc[0] == pytest.approx(expected)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "linear-probe": ("wsi_mil.cli.linear_probe", "linear / few-shot evaluation on tile features"),
     "zero-shot": ("wsi_mil.cli.zero_shot", "zero-shot tile / slide classification with a CLIP-style encoder"),
     "retrieval": ("wsi_mil.cli.retrieval", "image-text (captions) and image-image retrieval on tile features"),
+    "few-shot": ("wsi_mil.cli.few_shot", "k-shot tile / slide classification (incl. CITE-style head) over seeds"),
     "encoders": ("wsi_mil.cli.listing", "list registered encoders"),
     "models": ("wsi_mil.cli.listing", "list registered MIL heads"),
 }

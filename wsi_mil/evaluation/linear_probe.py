@@ -218,8 +218,11 @@ def run_linear_probe(
     confidence_level: float = 0.95,
     ci_method: str = "percentile",
     probe_kwargs: dict | None = None,
+    tile_scores: dict | None = None,
 ) -> pd.DataFrame:
     """Fit a probe on each (portion, seed) subsample of the train tiles, evaluate on the test tiles.
+
+    ``tile_scores``: a dict filled with ``(portion, seed) -> (N_test, C)`` probabilities.
 
     Returns a long table with columns ``protocol, portion, seed, n_train, class,
     metric, value, ci_low, ci_high`` (see :mod:`wsi_mil.evaluation.tile_metrics`).
@@ -241,6 +244,8 @@ def run_linear_probe(
             probe = make_probe(protocol, n_classes, seed, **(probe_kwargs or {}))
             probe.fit(train_x[idx], train_y[idx])
             scores = probe.predict_proba(test_x)
+            if tile_scores is not None:
+                tile_scores[(float(portion), int(seed))] = scores
             table = classification_metrics(
                 test_y, scores, class_names, n_bootstrap=n_bootstrap,
                 confidence_level=confidence_level, seed=seed, ci_method=ci_method,
@@ -254,3 +259,19 @@ def run_linear_probe(
             table.insert(0, "protocol", protocol)
             tables.append(table)
     return pd.concat(tables, ignore_index=True)
+
+
+def linear_probe_scores_table(tile_scores: dict, test_ids: np.ndarray, test_y: np.ndarray,
+                              class_names: Sequence[str]) -> pd.DataFrame:
+    """Per-tile outputs of :func:`run_linear_probe`: portion, seed, tile_id, label, pred, p_<class>."""
+    names = np.asarray([str(c) for c in class_names])
+    frames = []
+    for (portion, seed), probs in tile_scores.items():
+        frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in names])
+        frame.insert(0, "pred", names[probs.argmax(1)])
+        frame.insert(0, "label", names[np.asarray(test_y)])
+        frame.insert(0, "tile_id", np.asarray(test_ids).astype(str))
+        frame.insert(0, "seed", seed)
+        frame.insert(0, "portion", portion)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

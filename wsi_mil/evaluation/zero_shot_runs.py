@@ -19,7 +19,7 @@ from loguru import logger
 from wsi_mil.errors import ConfigError, MissingFeaturesError
 from wsi_mil.evaluation.provenance import check_consistent, check_same_model
 from wsi_mil.evaluation.retrieval import image_to_image_retrieval
-from wsi_mil.evaluation.tables import wide_macro_table, write_table
+from wsi_mil.evaluation.tables import wide_macro_table, write_csv, write_table
 from wsi_mil.evaluation.text_side import ClassText, resolve_logit_scale
 from wsi_mil.evaluation.tile_metrics import classification_metrics
 from wsi_mil.evaluation.zero_shot import (
@@ -64,6 +64,11 @@ def run_zero_shot_tiles(
     probs, _ = zero_shot_tiles(feats, protos, scale)
     table = classification_metrics(y, probs, labels, n_bootstrap=n_bootstrap, seed=seed)
     write_table(table, out / "zero_shot_tiles")
+    per_tile = pd.DataFrame(probs, columns=[f"p_{c}" for c in labels])
+    per_tile.insert(0, "pred", np.asarray(labels)[probs.argmax(1)])
+    per_tile.insert(0, "label", raw)
+    per_tile.insert(0, "tile_id", data.tile_ids[keep])
+    write_csv(per_tile, out / "zero_shot_tile_scores.csv")
     macro = table[table["class"] == "macro"].set_index("metric")["value"]
     logger.info("zero-shot tiles ({} tiles, {} classes): macro AUC {:.4f}, balanced accuracy {:.4f}",
                 len(y), len(labels), macro["auc"], macro["balanced_accuracy"])

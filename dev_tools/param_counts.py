@@ -28,16 +28,18 @@ WHY = {
         "project_values=True"
     ),
     "transmil": (
-        "the reference default has no input projection (768-d tokens) and dense, not "
-        "depth-wise, PPEG convolutions (48.96M params); we follow the paper's code: "
-        "Linear 768->512 + ReLU and depth-wise 7/5/3 PPEG"
+        "the reference default has no input projection (768-d tokens), exact softmax attention "
+        "and dense, not depth-wise, PPEG convolutions (48.96M of its 53.68M params); transmil "
+        "follows the paper's code (Linear 768->512 + ReLU, Nystrom attention, depth-wise 7/5/3 "
+        "PPEG); transmil_ref is the reference's"
     ),
 }
 
 
-def reference_transmil(d: int, c: int, heads: int = 8, res_kernel: int = 33) -> int:
-    """Parameters of the reference TransMIL(in_features=d, out_features=c) defaults."""
-    block = 3 * d * d + (d * d + d) + heads * res_kernel + 2 * d  # qkv, out, res conv, norm
+def reference_transmil(d: int, c: int) -> int:
+    """Parameters of the reference TransMIL(in_features=d, out_features=c) with its defaults:
+    no projection, attention_type="original" (qkv without bias, output projection), dense PPEG."""
+    block = 3 * d * d + (d * d + d) + 2 * d  # qkv, out projection, norm1
     ppeg = sum(d * d * k * k + d for k in (3, 5, 7))  # groups missing: dense convs
     return d + 2 * block + ppeg + 2 * d + (d * c + c)  # cls, blocks, ppeg, norm, head
 
@@ -49,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     d, c = args.in_dim, args.n_outputs
     reference = dict(REFERENCE_768_1) if (d, c) == (768, 1) else {}
-    reference["transmil"] = reference_transmil(d, c)
+    reference["transmil"] = reference["transmil_ref"] = reference_transmil(d, c)
     print(f"parameter counts at D={d}, C={c}")
     print(f"{'model':<10} {'wsi_mil':>12} {'reference':>12} {'difference':>12}")
     for name in list_models():

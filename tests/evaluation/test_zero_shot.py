@@ -122,3 +122,22 @@ def test_real_tiny_clip_encoders_give_normalised_deterministic_prototypes(tiny_c
     np.testing.assert_array_equal(probs, again)
     slide = mizero_slide_scores({"s": feats}, a, top_ks=(2, "all"))
     assert slide["pred"].between(0, 2).all() and len(slide) == 2
+
+
+def test_templates_may_use_the_musk_and_clip_benchmark_placeholder(fx):
+    assert class_prompts("tumor", ["an image of {c}.", "{}"]) == ["an image of tumor.", "tumor"]
+    encoder = LookupTextEncoder(fx.text_table)
+    braces = make_class_prototypes(encoder, fx.class_names, fx.templates)
+    named = make_class_prototypes(encoder, fx.class_names, [t.replace("{}", "{c}") for t in fx.templates])
+    np.testing.assert_array_equal(braces, named)
+    with pytest.raises(ConfigError, match="placeholders"):
+        class_prompts("tumor", ["{c} and {x}"])
+
+
+def test_a_label_without_prompts_is_an_error_unless_labels_are_asked_for():
+    from wsi_mil.evaluation.zero_shot import class_names_for_labels
+
+    with pytest.raises(ConfigError, match=r"\['NORM', 'STR'\] have no prompts"):
+        class_names_for_labels(["NORM", "STR", "TUM"], {"TUM": ["tumor"]})
+    names = class_names_for_labels(["NORM", "TUM"], {"TUM": ["tumor"]}, labels_as_prompts=True)
+    assert names == [["NORM"], ["tumor"]]

@@ -50,6 +50,7 @@ setup(
         "transformers>=4.40",
         "open_clip_torch>=2.24",
         "safetensors>=0.4",
+        "sentencepiece>=0.2",  # MUSK text side (XLM-R sentencepiece tokenizer)
         "huggingface_hub>=0.23",
         "matplotlib>=3.7",
         "pillow>=10",

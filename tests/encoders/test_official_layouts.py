@@ -125,10 +125,23 @@ def _full_open_clip(name, tmp_path):
     return model, lambda state: convert_open_clip_state(state, model)
 
 
+def _full_musk(name, tmp_path):
+    from wsi_mil.encoders.musk import build_musk, convert_musk_state
+
+    return _meta(build_musk), convert_musk_state
+
+
+def _full_conch(name, tmp_path):
+    from wsi_mil.encoders.conch import build_conch, convert_conch_state
+
+    return _meta(build_conch), convert_conch_state
+
+
 FULL_BUILDERS = {
     **{n: _full_timm for n in ("uni", "uni2_h", "virchow2", "h_optimus_0", "gigapath")},
     "resnet50": _full_resnet, "resnet50_trunc": _full_resnet, "ctranspath": _full_ctranspath,
     "unimed_clip": _full_open_clip, "biomedclip": _full_open_clip,
+    "musk": _full_musk, "conch": _full_conch,
 }
 
 

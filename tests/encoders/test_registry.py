@@ -8,7 +8,7 @@ from wsi_mil.errors import ConfigError, FileFormatError, RegistryError, WeightsN
 from wsi_mil.testing import tiny_models as tm
 
 REQUIRED = ["phikon", "phikon_v2", "uni", "uni2_h", "virchow2", "h_optimus_0", "gigapath",
-            "ctranspath", "resnet50", "resnet50_trunc", "plip", "biomedclip", "unimed_clip",
+            "ctranspath", "resnet50", "resnet50_trunc", "plip", "biomedclip", "unimed_clip", "musk", "conch",
             "histo_stats", "timm:<name>", "hf:<repo>", "open_clip:<name>"]
 
 

@@ -260,6 +260,23 @@ class Encoder(nn.Module):
         """(P,) prompts -> (P, D_joint) text embeddings (CLIP-style encoders only)."""
         raise NotImplementedError(f"encoder {self.name!r} has no text tower")
 
+    @property
+    def joint_dim(self) -> int | None:
+        """Size of the image-text (joint) space; None without a text side."""
+        return self.embed_dim if self.has_text else None
+
+    def encode_image_joint(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, S, S) -> (B, D_joint) image embeddings in the image-text space,
+        the ones zero-shot, few-shot and retrieval compare with ``encode_text``.
+
+        For CLIP-style encoders this is the MIL feature itself (``forward``); encoders
+        whose MIL feature is another quantity (MUSK's multi-scale CLS, CONCH's
+        pre-projection token) override it.
+        """
+        if not self.has_text:
+            raise NotImplementedError(f"encoder {self.name!r} has no image-text space")
+        return self.forward(images)
+
     # -- helpers ---------------------------------------------------------------
     def precision_on(self, device: torch.device | str) -> str:
         """The precision this encoder runs at on ``device``."""

@@ -3,7 +3,8 @@
 ``resolve_weights`` turns the user's ``weights=`` value into local files:
 
 - ``None``: the model's default Hugging Face hub id;
-- ``"hf-hub:org/name"`` or ``"org/name"`` (when no such local path exists): a hub id;
+- ``"hf-hub:org/name"``, ``"hf_hub:org/name"`` or ``"org/name"`` (when no such local
+  path exists): a hub id;
 - a local file (``.safetensors``, ``.bin``, ``.pth``, ``.pt``);
 - a local folder (``save_pretrained`` output, a hub snapshot, an open_clip folder).
 
@@ -183,8 +184,11 @@ def _weight_files_in(folder: Path) -> tuple[Path, ...]:
     return tuple(found)
 
 
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm / open_clip spell it hf-hub:, MUSK / CONCH hf_hub:
+
+
 def _is_hub_id(value: str) -> bool:
-    if value.startswith("hf-hub:"):
+    if value.startswith(HUB_PREFIXES):
         return True
     parts = value.split("/")
     looks_like_file = Path(value).suffix in WEIGHT_SUFFIXES
@@ -212,7 +216,8 @@ def resolve_weights(
         return download_from_hub(name, hub_id, filenames, extra_files)
     value = os.fspath(weights)
     if isinstance(weights, str) and _is_hub_id(value):
-        return download_from_hub(name, value.removeprefix("hf-hub:"), filenames, extra_files)
+        repo = value.removeprefix("hf-hub:").removeprefix("hf_hub:")
+        return download_from_hub(name, repo, filenames, extra_files)
     path = Path(value).expanduser()
     if path.is_file():
         return ResolvedWeights(path, (path,), f"local:{path}", sha256_file(path))

@@ -527,4 +527,59 @@ def _biomedclip_folder(folder: Path, manifest: dict, arch: dict) -> dict[str, An
     return {"weights": folder, "arch": None}
 
 
-_EXTRA_SETUP: dict[str, Callable[..., dict[str, Any]]] = {"biomedclip": _biomedclip_folder}
+_SPM_WORDS = ("tumor normal tissue an image of a photo stroma lymphocytes adipose mucosa debris "
+              "muscle background histopathology lung adenocarcinoma carcinoma squamous cell h&e")
+
+
+def save_tiny_spm(path: str | Path) -> Path:
+    """A tiny sentencepiece (unigram) model trained on pathology words: MUSK's tokenizer.spm."""
+    import os
+    import tempfile
+
+    import sentencepiece as spm
+
+    path = Path(path)
+    words = _SPM_WORDS.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(len(words))))
+        prefix = os.path.join(tmp, "tok")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=prefix, vocab_size=60, model_type="unigram",
+            character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1,
+            hard_vocab_limit=False, minloglevel=2)
+        shutil.copy(prefix + ".model", path)
+    return path
+
+
+def save_tiny_conch_tokenizer(path: str | Path) -> Path:
+    """A word-level ``tokenizers`` file with CONCH's special tokens and template
+    (``<start_of_text> ... <end_of_text>``, ``<pad>`` = 0), lower-casing like CONCH's."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    words = sorted(set(_SPM_WORDS.split()) | set(_BERT_WORDS))
+    vocab = {"<pad>": 0, "<start_of_text>": 1, "<end_of_text>": 2, "<unk>": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(words)})
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<start_of_text> $A <end_of_text>",
+        special_tokens=[("<start_of_text>", 1), ("<end_of_text>", 2)])
+    tok.save(str(path))
+    return Path(path)
+
+
+def _musk_folder(folder: Path, manifest: dict, arch: dict) -> dict[str, Any]:
+    save_tiny_spm(folder / "tokenizer.spm")
+    return {}
+
+
+def _conch_folder(folder: Path, manifest: dict, arch: dict) -> dict[str, Any]:
+    save_tiny_conch_tokenizer(folder / "conch_byte_level_bpe_uncased.json")
+    return {}
+
+
+_EXTRA_SETUP: dict[str, Callable[..., dict[str, Any]]] = {
+    "biomedclip": _biomedclip_folder, "musk": _musk_folder, "conch": _conch_folder}

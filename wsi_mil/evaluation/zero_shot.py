@@ -251,20 +251,3 @@ def make_text_prototypes(
     logger.info("class prompts of {}: {} classes x {} templates",
                 getattr(text_side, "name", type(text_side).__name__), len(names), len(templates))
     return make_class_prototypes(text_side, names, templates)
-
-
-def prototypes_from_encoder(
-    encoder_name: str,
-    labels: Sequence[str],
-    class_prompts: Mapping[str, str | Sequence[str]] | None = None,
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    weights: str | None = None,
-    device: str = "cpu",
-    precision: str | None = None,
-    labels_as_prompts: bool = False,
-) -> np.ndarray:
-    """Create the CLIP-style encoder and return the prototypes (C, D_joint) of ``labels``."""
-    from wsi_mil.evaluation.text_side import text_side_from_encoder
-
-    side = text_side_from_encoder(encoder_name, weights, device, precision)
-    return make_text_prototypes(side, labels, class_prompts, templates, labels_as_prompts)

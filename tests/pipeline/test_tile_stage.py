@@ -76,7 +76,9 @@ def test_rerun_skips_finished_slides_and_retries_failed_ones(cohort, tmp_path):
     run_tiling(table, tmp_path, TilingParams(), previews=False)
     before = read_coords(coords_path(tmp_path / "mpp0.50_px224", "cmu")).coords
     ledger = run_tiling(table, tmp_path, TilingParams(), previews=False)
-    assert ledger.counts() == {"done": 0, "skipped": 2, "failed": 4}
+    assert ledger.session_counts() == {"done": 0, "skipped": 2, "failed": 4}
+    assert ledger.counts() == {"done": 2, "skipped": 0, "failed": 4}  # done rows are kept
+    assert ledger.rows["cmu"].reason.endswith("um/px)")  # with their tile count
     assert (read_coords(coords_path(tmp_path / "mpp0.50_px224", "cmu")).coords == before).all()
 
 

@@ -34,11 +34,12 @@ def run(cfg: DictConfig) -> int:
         mpp_override=None if cfg.mpp is None else float(cfg.mpp), backend=str(cfg.backend),
         preview_px=int(cfg.preview_px),
     )
-    counts = ledger.counts()
+    counts = ledger.session_counts()  # what this run did (a rerun keeps the "done" rows)
     print(f"tiled {len(table)} slide(s) -> {out}: {counts['done']} done, "
           f"{counts['skipped']} skipped, {counts['failed']} failed", file=sys.stderr)
     for row in ledger.failed():
-        print(f"  FAILED {row.slide_id}: {row.reason}", file=sys.stderr)
+        if ledger.session.get(row.slide_id) == "failed":
+            print(f"  FAILED {row.slide_id}: {row.reason}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
 

@@ -31,7 +31,7 @@ from wsi_mil.encoders import Encoder, create_encoder
 from wsi_mil.encoders.tile_reader import BACKENDS, MODES, RESAMPLES
 from wsi_mil.encoders.tile_stream import make_tile_loader, make_work_items
 from wsi_mil.errors import ConfigError, StaleOutputError, WsiMilError
-from wsi_mil.io.atomic import write_json_atomic
+from wsi_mil.io.atomic import sweep_temp_files, write_json_atomic
 from wsi_mil.io.coords import read_coords
 from wsi_mil.io.features import (
     FEATURE_DTYPES,
@@ -40,7 +40,8 @@ from wsi_mil.io.features import (
     write_features,
     write_reference_features,
 )
-from wsi_mil.io.ledger import StatusLedger
+from wsi_mil.io.ledger import LEDGER_NAME, StatusLedger
+from wsi_mil.io.locks import SlideLocks
 from wsi_mil.io.paths import (
     features_dir,
     features_path,
@@ -65,6 +66,7 @@ class ExtractionResult:
     failed: dict[str, str] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
+    left_to_others: dict[str, str] = field(default_factory=dict)  # slide -> lock holder
 
 
 @dataclass
@@ -77,6 +79,29 @@ class _Slide:
     coords: np.ndarray | None = None
     coords_level0: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    out_stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the output when planned
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _missing_coords_reason(cpath: Path, coords_folder: Path, slide_id: str) -> str:
+    """Why a slide has no coords file: the tiling ledger's reason when tiling failed."""
+    tiling_ledger = coords_folder.parent / LEDGER_NAME
+    row = StatusLedger(coords_folder.parent).rows.get(slide_id) if tiling_ledger.is_file() \
+        else None
+    if row is not None and row.status == "failed":
+        return (f"tiling of this slide failed: {row.reason} (see {tiling_ledger}); fix it and "
+                "rerun `wsi-mil tile`")
+    if row is not None:
+        return (f"no coords file {cpath} although {tiling_ledger} says {row.status!r} (deleted "
+                "since?); rerun `wsi-mil tile` with overwrite=true")
+    return f"no coords file {cpath} (run `wsi-mil tile` first)"
 
 
 def _coords_folder(coords_root: Path) -> Path:
@@ -264,7 +289,7 @@ def run_extraction(
         try:
             cf = read_coords(cpath) if cpath.exists() else None
             if cf is None:
-                raise ConfigError(f"no coords file {cpath} (run `wsi-mil tile` first)")
+                raise ConfigError(_missing_coords_reason(cpath, coords_folder, sid))
             if len(cf.coords) == 0:
                 raise ConfigError(f"coords file {cpath} has no tile")
             slide.coords, slide.coords_level0 = cf.coords, cf.coords_level0
@@ -288,6 +313,7 @@ def run_extraction(
     for s in slides:
         if s.slide_id in failures:
             continue
+        s.out_stamp = _stamp(s.out_path)
         existing = None if overwrite else _existing_attrs(s, layout)
         if existing is None:
             todo.append(s)
@@ -309,7 +335,13 @@ def run_extraction(
     out_root.mkdir(parents=True, exist_ok=True)
     if world > 1:  # a rank ledger left by an earlier (crashed) run must not be merged again
         (out_root / ledger_name).unlink(missing_ok=True)
+    sweep_temp_files(out_root)
     ledger = StatusLedger(out_root, name=ledger_name)
+    locks = SlideLocks(out_root)
+    left = {s.slide_id: who for s in mine if (who := locks.holder(s.slide_id))}
+    for sid, who in left.items():
+        logger.info("{}: left to the process that holds its lock ({})", sid, who)
+    mine = [s for s in mine if s.slide_id not in left]
     if rank == 0:
         for s in skipped:
             ledger.record(s.slide_id, "skipped", "output exists with the same settings",
@@ -321,24 +353,54 @@ def run_extraction(
     logger.info("extract {} on {} (rank {}/{}): {} slides to do here, {} skipped, {} failed "
                 "before reading -> {}", encoder.name, dev, rank, world, len(mine), len(skipped),
                 len(failures), out_root)
-    _encode_slides(mine, encoder, dev, ledger, layout, features_dtype, int(batch_size),
-                   int(num_workers), reader_mode, resample, backend, chunk_tiles, use_cl,
-                   int(verify_tiles))
+    try:
+        _encode_slides(mine, encoder, dev, ledger, layout, features_dtype, int(batch_size),
+                       int(num_workers), reader_mode, resample, backend, chunk_tiles, use_cl,
+                       int(verify_tiles), locks, left)
+    finally:
+        locks.release_all()
 
+    session = dict(ledger.session)
     if world > 1:
         ledger = dist_utils.merge_rank_ledgers(out_root, rank, world)
-    counts = ledger.counts()
-    failed = {r.slide_id: r.reason for r in ledger.failed()}
+        counts = ledger.counts()
+        failed = {r.slide_id: r.reason for r in ledger.failed()}
+    else:  # what this run did (a rerun's skipped slides keep their "done" rows)
+        counts = ledger.session_counts()
+        failed = {sid: ledger.rows[sid].reason for sid, st in session.items() if st == "failed"}
+    if left:
+        logger.warning("{} slide(s) left to other running processes (their lock files): {}",
+                       len(left), ", ".join(sorted(left)[:10]))
     logger.info("extract done (rank {}): {}", rank, counts)
-    return ExtractionResult(out_root, counts, failed, rank, world)
+    return ExtractionResult(out_root, counts, failed, rank, world, left)
+
+
+def _claim(slide: _Slide, locks: SlideLocks | None, ledger: StatusLedger,
+           left: dict[str, str]) -> bool:
+    """Take the slide's lock before encoding it; False when another process has it or has
+    written its output since the plan (then it is not encoded twice)."""
+    if locks is None:
+        return True
+    if who := locks.acquire(slide.slide_id):
+        left[slide.slide_id] = who
+        logger.info("{}: locked by {}; left to it", slide.slide_id, who)
+        return False
+    if _stamp(slide.out_path) != slide.out_stamp:
+        locks.release(slide.slide_id)
+        ledger.record(slide.slide_id, "skipped", "written by another process meanwhile")
+        return False
+    return True
 
 
 def _encode_batch(slides: list[_Slide], k: int, batch: dict, encoder: Encoder, dev: torch.device,
                   channels_last: bool, buffers: dict, received: dict, started: dict,
-                  ledger: StatusLedger, layout: str, features_dtype: str) -> bool:
+                  ledger: StatusLedger, layout: str, features_dtype: str,
+                  locks: SlideLocks | None = None) -> bool:
     """Encode one batch of slide ``k``; write the slide once all its tiles are in.
     False if the slide failed (its reason is in the ledger)."""
     slide = slides[k]
+    if locks is not None:
+        locks.touch(slide.slide_id)
     tiles = batch["tiles"].to(dev, non_blocking=True)  # (B, T, T, 3) uint8
     with torch.inference_mode():
         images = encoder.preprocess(tiles)  # (B, 3, S, S)
@@ -374,9 +436,17 @@ def _encode_batch(slides: list[_Slide], k: int, batch: dict, encoder: Encoder, d
 def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
                    ledger: StatusLedger, layout: str, features_dtype: str, batch_size: int,
                    num_workers: int, reader_mode: str, resample: str, backend: str,
-                   chunk_tiles: int | None, channels_last: bool, verify_tiles: int = 0) -> None:
+                   chunk_tiles: int | None, channels_last: bool, verify_tiles: int = 0,
+                   locks: SlideLocks | None = None, left: dict[str, str] | None = None) -> None:
+    """Encode ``slides``; every slide ends recorded in the ledger, or in ``left`` (another
+    process holds its lock)."""
     if not slides:
         return
+    left = {} if left is None else left
+
+    def finished(k: int) -> bool:  # recorded by this process (the ledger also holds others')
+        return ledger.session.get(slides[k].slide_id) in ("done", "skipped", "failed")
+
     if chunk_tiles is None and num_workers > len(slides):
         # let the workers share the slides: one band per worker of the largest slide
         # (each band boundary may decode one row of stored tiles twice)
@@ -394,34 +464,39 @@ def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
             k = int(batch["slide"])
             if k in dead:
                 continue
+            if k not in started and not _claim(slides[k], locks, ledger, left):
+                dead.add(k)
+                continue
             started.setdefault(k, time.perf_counter())
             if "error" in batch:
                 dead.add(k)
                 buffers.pop(k, None)
                 ledger.record(slides[k].slide_id, "failed", batch["error"])
                 logger.error("{}: {}", slides[k].slide_id, batch["error"])
-                continue
-            if not _encode_batch(slides, k, batch, encoder, dev, channels_last, buffers,
-                                 received, started, ledger, layout, features_dtype):
+            elif not _encode_batch(slides, k, batch, encoder, dev, channels_last, buffers,
+                                   received, started, ledger, layout, features_dtype, locks):
                 dead.add(k)
+            if locks is not None and finished(k):
+                locks.release(slides[k].slide_id)
     except RuntimeError as err:
         # A reader worker died (segfault / out of memory in a native library) or the model
         # failed: the slides in flight are recorded as failed, the others are retried.
-        in_flight = [k for k in started if k not in dead and not ledger.is_done(slides[k].slide_id)]
+        in_flight = [k for k in started if k not in dead and not finished(k)]
         if not in_flight:
-            in_flight = [k for k in range(len(slides)) if not ledger.is_done(slides[k].slide_id)]
+            in_flight = [k for k in range(len(slides)) if k not in dead and not finished(k)]
         for k in in_flight:
             dead.add(k)
             ledger.record(slides[k].slide_id, "failed", f"RuntimeError while reading / encoding "
                           f"this slide: {str(err)[:300]}")
             logger.error("{}: {}", slides[k].slide_id, err)
-        rest = [s for k, s in enumerate(slides)
-                if k not in dead and not ledger.is_done(s.slide_id)]
+            if locks is not None:
+                locks.release(slides[k].slide_id)
+        rest = [s for k, s in enumerate(slides) if k not in dead and not finished(k)]
         del loader
         _encode_slides(rest, encoder, dev, ledger, layout, features_dtype, batch_size,
                        num_workers, reader_mode, resample, backend, chunk_tiles, channels_last,
-                       verify_tiles)
+                       verify_tiles, locks, left)
         return
     for k, slide in enumerate(slides):
-        if k not in dead and not ledger.is_done(slide.slide_id):
+        if k not in dead and not finished(k):
             ledger.record(slide.slide_id, "failed", "incomplete: tiles missing from the reader")

@@ -20,7 +20,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from wsi_mil.errors import FileFormatError, StaleOutputError, WsiMilError
-from wsi_mil.io.atomic import atomic_path
+from wsi_mil.io.atomic import atomic_path, sweep_temp_files
 from wsi_mil.io.coords import read_coords, write_coords, write_reference_coords
 from wsi_mil.io.ledger import StatusLedger
 from wsi_mil.io.paths import coords_path, preview_path, reference_coords_path
@@ -122,6 +122,7 @@ def run_tiling(slide_table: pd.DataFrame, output_dir: str | Path, params: Tiling
     """
     root = Path(output_dir) / params.name
     root.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(root)
     ledger = StatusLedger(root)
     outputs = TilingOutputs(previews, write_reference, preview_px)
     rows = list(slide_table.itertuples(index=False))

@@ -141,3 +141,28 @@ def test_missing_weights_name_the_gated_hub_ids():
 def test_bad_embedding_is_a_config_error(saved):
     with pytest.raises(ConfigError, match="embedding"):
         create_encoder(**saved["musk"], embedding="patch")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_shot_cli_path_end_to_end_with_the_joint_encoder(saved, name, tmp_path):
+    """Extract tile features with ``<name>_joint``, then run_zero_shot_tiles with its text side."""
+    from PIL import Image
+
+    from wsi_mil.evaluation.text_side import ClassText, text_side_of
+    from wsi_mil.evaluation.zero_shot_runs import run_zero_shot_tiles
+    from wsi_mil.pipeline.extract_tiles_stage import run_tile_extraction
+
+    info = {**saved[name], "name": f"{name}_joint"}
+    enc = create_encoder(**info)
+    assert enc.name == f"{name}_joint" and enc.embed_dim == enc.joint_dim
+    gen = np.random.default_rng(0)
+    for label in ("tumor", "stroma"):
+        (tmp_path / "tiles" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(gen.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+                tmp_path / "tiles" / label / f"{i}.png")
+    feats_dir = run_tile_extraction(tmp_path / "tiles", tmp_path / "features", encoder=enc,
+                                    num_workers=0, device="cpu", batch_size=4)
+    text = ClassText(text_side_of(enc), templates=["an image of {}."], labels_as_prompts=True)
+    metrics = run_zero_shot_tiles(feats_dir, text, tmp_path / "zero_shot", n_bootstrap=5)
+    assert len(metrics) > 0

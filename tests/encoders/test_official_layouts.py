@@ -29,7 +29,8 @@ from wsi_mil.encoders.weights import CheckpointLayoutError, check_layout
 from wsi_mil.errors import FileFormatError
 from wsi_mil.testing import tiny_models as tm
 
-WEIGHTED = sorted(n for n in FAMILY_OF if n != "histo_stats")
+# *_joint names load the same weights as their base encoder (another embedding)
+WEIGHTED = sorted(n for n in FAMILY_OF if n != "histo_stats" and not n.endswith("_joint"))
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
 

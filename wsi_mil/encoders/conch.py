@@ -267,11 +267,12 @@ def _find_tokenizer(folder: Path, explicit: str | None) -> Path | None:
 
 @register_encoder("conch")
 def create_conch(weights=None, device="cpu", precision=None, arch_overrides=None,
-                 embedding: str = "mil", tokenizer: str | None = None, **kw) -> Encoder:
+                 embedding: str = "mil", tokenizer: str | None = None,
+                 name: str = "conch", **kw) -> Encoder:
     """CONCH (MahmoodLab/conch, CoCa ViT-B/16 at 448 px): ``embedding="mil"`` 512-d
     pre-projection token (default) or ``"joint"`` 512-d normalised; text side."""
     if kw:
-        raise ConfigError(f"encoder 'conch' got unknown options {sorted(kw)}")
+        raise ConfigError(f"encoder {name!r} got unknown options {sorted(kw)}")
     if embedding not in EMBEDDINGS:
         raise ConfigError(f"conch embedding={embedding!r}; choose one of {EMBEDDINGS}")
     resolved = resolve_weights("conch", weights, HUB_ID, ("pytorch_model.bin", "model.safetensors"),
@@ -282,7 +283,7 @@ def create_conch(weights=None, device="cpu", precision=None, arch_overrides=None
                 resolved.source)
     size = int(model.visual.trunk.patch_embed.img_size[0])
     enc = ConchEncoder(
-        model, _find_tokenizer(resolved.folder, tokenizer), embedding, name="conch",
+        model, _find_tokenizer(resolved.folder, tokenizer), embedding, name=name,
         embed_dim=int(model.visual.proj_contrast.shape[1]),
         preprocessing=Preprocessing(input_size=size, resize="center_crop", interpolation="bicubic",
                                     mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
@@ -292,3 +293,14 @@ def create_conch(weights=None, device="cpu", precision=None, arch_overrides=None
         weights_sha256=resolved.sha256, weights_source=resolved.source,
     )
     return finalize(enc, device)
+
+
+@register_encoder("conch_joint")
+def create_conch_joint(weights=None, device="cpu", precision=None, arch_overrides=None,
+                     tokenizer: str | None = None, **kw) -> Encoder:
+    """CONCH with its joint image-text embedding as the feature (``embedding="joint"``):
+    extract with it, then zero-shot / retrieval with the same name."""
+    if "embedding" in kw:
+        raise ConfigError("encoder 'conch_joint' has embedding='joint'; use 'conch' for the other")
+    return create_conch(weights, device, precision, arch_overrides, embedding="joint",
+                            tokenizer=tokenizer, name="conch_joint", **kw)

@@ -320,11 +320,12 @@ def _find_tokenizer(folder: Path, explicit: str | None) -> Path | None:
 
 @register_encoder("musk")
 def create_musk(weights=None, device="cpu", precision=None, arch_overrides=None,
-                embedding: str = "mil", tokenizer: str | None = None, **kw) -> Encoder:
+                embedding: str = "mil", tokenizer: str | None = None,
+                name: str = "musk", **kw) -> Encoder:
     """MUSK (xiangjx/musk): ``embedding="mil"`` 2048-d multi-scale CLS (default) or
     ``"joint"`` 1024-d normalised image-text embedding; text side (XLM-R sentencepiece)."""
     if kw:
-        raise ConfigError(f"encoder 'musk' got unknown options {sorted(kw)}")
+        raise ConfigError(f"encoder {name!r} got unknown options {sorted(kw)}")
     if embedding not in EMBEDDINGS:
         raise ConfigError(f"musk embedding={embedding!r}; choose one of {EMBEDDINGS}")
     resolved = resolve_weights("musk", weights, HUB_ID, ("model.safetensors", "pytorch_model.bin"),
@@ -335,7 +336,7 @@ def create_musk(weights=None, device="cpu", precision=None, arch_overrides=None,
     dim = model.vision_head.out_features
     size = int(arch.get("img_size", LARGE["img_size"]))
     enc = MuskEncoder(
-        model, _find_tokenizer(resolved.folder, tokenizer), embedding, name="musk",
+        model, _find_tokenizer(resolved.folder, tokenizer), embedding, name=name,
         embed_dim=2 * dim if embedding == "mil" else dim,
         preprocessing=Preprocessing(input_size=size, resize="center_crop", interpolation="bicubic",
                                     mean=INCEPTION_MEAN, std=INCEPTION_STD),
@@ -345,3 +346,14 @@ def create_musk(weights=None, device="cpu", precision=None, arch_overrides=None,
         weights_sha256=resolved.sha256, weights_source=resolved.source,
     )
     return finalize(enc, device)
+
+
+@register_encoder("musk_joint")
+def create_musk_joint(weights=None, device="cpu", precision=None, arch_overrides=None,
+                    tokenizer: str | None = None, **kw) -> Encoder:
+    """MUSK with its joint image-text embedding as the feature (``embedding="joint"``):
+    extract with it, then zero-shot / retrieval with the same name."""
+    if "embedding" in kw:
+        raise ConfigError("encoder 'musk_joint' has embedding='joint'; use 'musk' for the other")
+    return create_musk(weights, device, precision, arch_overrides, embedding="joint",
+                           tokenizer=tokenizer, name="musk_joint", **kw)

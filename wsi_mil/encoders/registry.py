@@ -34,7 +34,7 @@ FAMILY_OF: dict[str, str] = {
     "ctranspath": "ctranspath",
     "resnet50": "resnet", "resnet50_trunc": "resnet",
     "plip": "clip", "biomedclip": "clip", "unimed_clip": "clip",
-    "musk": "musk", "conch": "conch",
+    "musk": "musk", "musk_joint": "musk", "conch": "conch", "conch_joint": "conch",
 }
 PREFIX_OF: dict[str, str] = {"timm": "timm_vit", "hf": "hf_vit", "open_clip": "clip"}
 GENERIC_FORMS: dict[str, str] = {"timm": "timm:<name>", "hf": "hf:<repo>",

@@ -137,11 +137,8 @@ def read_slide_provenance(
         except (OSError, json.JSONDecodeError) as err:
             raise FileFormatError(f"{meta} is not readable JSON: {err}") from err
         return provenance_from_attrs(attrs, meta if attrs else path)
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = read_h5_attrs(f)
-    except OSError as err:
-        raise FileFormatError(f"{path} is not a readable h5 feature file: {err}") from err
+    with open_h5(path, "h5 feature file") as f:
+        attrs = read_h5_attrs(f)
     return provenance_from_attrs(attrs, path)
 
 

@@ -120,3 +120,14 @@ def test_the_plot_is_a_png_with_the_runs_best_first(tmp_path, toy):
     _, good, weak, _ = toy
     path = plot_comparison(compare_runs([weak, good], n_boot=200), tmp_path / "cmp.png", title="toy")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_with_repeats_delong_is_not_applied_and_the_bootstrap_still_separates_the_runs(tmp_path):
+    cohort, signal = _cohort(n_patients=50, seed=3)
+    plan = make_fold_plan(cohort, 5, 0, 3, seed=0)
+    rng = np.random.default_rng(4)
+    good = _run(tmp_path, cohort, plan, lambda i: signal[i] + 0.3 * rng.normal(size=i.size), "good")
+    weak = _run(tmp_path, cohort, plan, lambda i: rng.normal(size=i.size), "weak")
+    pair = compare_runs([good, weak], n_boot=300).pairs.iloc[0]
+    assert np.isnan(pair.p_delong) and np.isnan(pair.p_delong_holm)
+    assert pair.n_folds == 15 and pair.diff_low > 0 and pair.p_bootstrap < 0.01

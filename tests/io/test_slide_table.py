@@ -74,3 +74,19 @@ def test_spec_matching_nothing_is_a_config_error(tmp_path):
         read_slide_table(tmp_path / "absent")
     with pytest.raises(ConfigError, match="matches no slide"):
         read_slide_table(tmp_path)
+
+
+def test_links_loops_and_folders_named_like_slides_are_listed_as_skipped_with_a_reason(tmp_path):
+    (tmp_path / "good.svs").write_bytes(b"x")
+    (tmp_path / "dangling.svs").symlink_to(tmp_path / "gone.svs")
+    (tmp_path / "loop.svs").symlink_to(tmp_path / "loop.svs")
+    (tmp_path / "folder.tif").mkdir()
+    table = read_slide_table(tmp_path)
+    assert table["slide_id"].tolist() == ["good"]
+    skipped = table.attrs["skipped"]
+    assert set(skipped) == {"dangling", "loop", "folder"}
+    assert "dangling symbolic link" in skipped["dangling"] and "gone.svs" in skipped["dangling"]
+    assert "symbolic link loop" in skipped["loop"]
+    assert "folder named like a slide" in skipped["folder"]
+    globbed = read_slide_table(str(tmp_path / "*.svs"))
+    assert set(globbed.attrs["skipped"]) == {"dangling", "loop"}

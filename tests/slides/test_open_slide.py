@@ -123,3 +123,15 @@ def test_best_level_rule_of_the_interface_matches_openslide(slides):
         for ds in (0.5, 1, 1.5, 2, 3.9, 4, 7, 100):
             assert SlideReader.get_best_level_for_downsample(slide, ds) == \
                 slide.get_best_level_for_downsample(ds)
+
+
+def test_a_valid_strip_tiff_is_named_as_such_not_as_truncated(tmp_path):
+    import tifffile
+
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, np.zeros((300, 400, 3), np.uint8), photometric="rgb")
+    with pytest.raises(SlideReadError, match=r"strip \(untiled\) TIFF of 400 x 300 px.*backend=pil"):
+        open_slide(path, mpp_override=0.5)
+    path.write_bytes(path.read_bytes()[:100])  # now really truncated
+    with pytest.raises(SlideReadError, match="truncated or corrupt"):
+        open_slide(path, mpp_override=0.5)

@@ -7,9 +7,10 @@ the stage (``wsi_mil/conf/extract.yaml``) and runs the same ``run(cfg)`` as
 """
 from __future__ import annotations
 
-import hashlib
+import atexit
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,19 +42,16 @@ def find_project_config(start: str | Path) -> Path:
 
 
 def _isolated_config_dir(conf_file: Path) -> Path:
-    """A folder holding only a link to ``conf_file``.
+    """A private folder holding only a link to ``conf_file``, removed at exit.
 
     Hydra scans its whole config folder (``--help`` lists config groups), and the
-    project root may hold a virtual environment of several GB.
+    project root may hold a virtual environment of several GB. The folder is made
+    for this run by ``tempfile.mkdtemp`` (mode 0700, unpredictable name): no other
+    user can plant a config there, as they could at a fixed shared path.
     """
-    key = hashlib.sha1(str(conf_file).encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"wsi_mil_conf_{key}"
-    folder.mkdir(exist_ok=True)
-    link = folder / "conf.yaml"
-    try:
-        link.symlink_to(conf_file)
-    except FileExistsError:
-        pass
+    folder = Path(tempfile.mkdtemp(prefix="wsi_mil_conf_"))
+    (folder / "conf.yaml").symlink_to(Path(conf_file).resolve())
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 
 

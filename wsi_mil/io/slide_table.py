@@ -4,10 +4,18 @@
 ``slide_id`` (str, unique), ``path`` (str) and ``mpp`` (float um/px, NaN = read it
 from the slide). Missing slide files are *not* an error here: they fail one by one
 in the stage ledger, so the rest of the batch still runs.
+
+A folder or glob may hold entries named like slides that are not slide files: a
+dangling symbolic link, a link loop, a folder called ``x.svs``. They are not
+slides to process, but they are not dropped silently either:
+``table.attrs["skipped"]`` maps their slide id to the reason, and the stages
+record them as ``skipped`` in their ledger (:func:`odd_entries`).
 """
 from __future__ import annotations
 
+import errno
 import glob
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +30,30 @@ COLUMNS = ("slide_id", "path", "mpp")
 
 def _is_slide_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in SLIDE_EXTENSIONS
+
+
+def why_not_a_slide(path: Path) -> str:
+    """Why an entry named like a slide is not a slide file ('' if it is a regular file)."""
+    try:
+        if path.is_file():
+            return ""
+    except OSError:
+        pass
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"symbolic link loop ({path} -> {os.readlink(path)})"
+            return f"dangling symbolic link ({path} -> {os.readlink(path)}: {err.strerror})"
+    if path.is_dir():
+        return f"{path} is a folder named like a slide file, not a slide"
+    return f"{path} is not a regular file"
+
+
+def odd_entries(paths: list[Path]) -> dict[str, str]:
+    """``{slide id: reason}`` of the entries of ``paths`` that are not slide files."""
+    return {p.stem: reason for p in sorted(paths) if (reason := why_not_a_slide(p))}
 
 
 def _from_paths(paths: list[Path]) -> pd.DataFrame:
@@ -66,24 +98,31 @@ def read_slide_table(spec: str | Path) -> pd.DataFrame:
     """
     text = str(spec)
     path = Path(text).expanduser()
+    skipped: dict[str, str] = {}
     if path.is_file() and path.suffix.lower() == ".csv":
         table = _from_csv(path)
     elif path.is_file():
         table = _from_paths([path])
     elif path.is_dir():
-        table = _from_paths([p for p in path.rglob("*") if _is_slide_file(p)])
+        named = [p for p in path.rglob("*") if p.suffix.lower() in SLIDE_EXTENSIONS]
+        skipped = odd_entries(named)
+        table = _from_paths([p for p in named if _is_slide_file(p)])
     elif glob.has_magic(text):
-        table = _from_paths([Path(p) for p in glob.glob(str(path), recursive=True)
-                             if Path(p).is_file()])
+        matched = [Path(p) for p in glob.glob(str(path), recursive=True)]
+        skipped = odd_entries(matched)
+        table = _from_paths([p for p in matched if p.is_file()])
     else:
         raise ConfigError(f"slides={text!r} is neither a file, a folder, a glob nor a CSV")
     if table.empty:
+        odd = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5])
         raise ConfigError(f"slides={text!r} matches no slide (extensions: "
-                          f"{', '.join(SLIDE_EXTENSIONS)})")
+                          f"{', '.join(SLIDE_EXTENSIONS)})" + (f"; not slides: {odd}" if odd else ""))
     dup = table["slide_id"][table["slide_id"].duplicated(keep=False)]
     if len(dup):
         groups = {sid: table.loc[table["slide_id"] == sid, "path"].tolist()
                   for sid in sorted(set(dup))}
         raise FileFormatError(f"duplicate slide ids in {text!r} (slide ids must be unique): "
                               + "; ".join(f"{k}: {v}" for k, v in groups.items()))
+    table.attrs["skipped"] = {k: v for k, v in skipped.items()
+                              if k not in set(table["slide_id"])}
     return table

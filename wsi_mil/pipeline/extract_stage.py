@@ -51,6 +51,7 @@ from wsi_mil.io.paths import (
 )
 from wsi_mil.pipeline import distributed as dist_utils
 from wsi_mil.pipeline.provenance import library_versions
+from wsi_mil.pipeline.tile_stage import record_odd_entries
 from wsi_mil.version import __version__
 
 LAYOUTS = ("wsi_mil", "reference")
@@ -343,6 +344,7 @@ def run_extraction(
         logger.info("{}: left to the process that holds its lock ({})", sid, who)
     mine = [s for s in mine if s.slide_id not in left]
     if rank == 0:
+        record_odd_entries(table, ledger)
         for s in skipped:
             ledger.record(s.slide_id, "skipped", "output exists with the same settings",
                           flush=False)

@@ -102,6 +102,16 @@ def tile_one(slide_id: str, slide_path: str, tiling_root: Path, params: TilingPa
     return "done", f"{len(grid)} tiles at dz level {grid.dz_level} ({grid.dz_mpp:.3f} um/px)"
 
 
+def record_odd_entries(slide_table: pd.DataFrame, ledger: StatusLedger) -> None:
+    """Entries named like slides that are not slide files (dangling links, link loops, folders;
+    ``read_slide_table`` lists them) go to the ledger as ``skipped`` with their reason."""
+    for slide_id, reason in slide_table.attrs.get("skipped", {}).items():
+        logger.warning("{}: skipped: {}", slide_id, reason)
+        ledger.record(slide_id, "skipped", f"not a slide: {reason}", flush=False)
+    if slide_table.attrs.get("skipped"):
+        ledger.flush()
+
+
 def _mpp_for(row_mpp: object, global_mpp: float | None) -> float | None:
     """The slide table's ``mpp`` wins over the global override; NaN/None = not given."""
     try:
@@ -125,6 +135,7 @@ def run_tiling(slide_table: pd.DataFrame, output_dir: str | Path, params: Tiling
     sweep_temp_files(root)
     ledger = StatusLedger(root)
     outputs = TilingOutputs(previews, write_reference, preview_px)
+    record_odd_entries(slide_table, ledger)
     rows = list(slide_table.itertuples(index=False))
     for row in tqdm(rows, desc="tile", unit="slide", dynamic_ncols=True):
         slide_id = str(row.slide_id)

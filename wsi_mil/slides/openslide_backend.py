@@ -18,6 +18,20 @@ OPENSLIDE_ERRORS = (openslide.OpenSlideError, OSError, ValueError, Image.Decompr
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+def _untiled_tiff(path: Path) -> str:
+    """'W x H px' when ``path`` is a readable TIFF whose first page is stored in strips."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.is_tiled:
+                return ""
+            return f"{int(page.imagewidth)} x {int(page.imagelength)} px"
+    except Exception:  # noqa: BLE001 - tifffile raises many types on damaged files
+        return ""
+
+
 def _why_unsupported(path: Path) -> str:
     """A human reason for a file OpenSlide refuses: truncated TIFF, empty, or not a slide."""
     size = path.stat().st_size
@@ -26,6 +40,12 @@ def _why_unsupported(path: Path) -> str:
     if size == 0:
         return "empty file (0 bytes)"
     if head in _TIFF_MAGICS:
+        untiled = _untiled_tiff(path)
+        if untiled:
+            return (f"a valid strip (untiled) TIFF of {untiled}: OpenSlide reads tiled TIFFs "
+                    "only; tile it with backend=pil (read whole into memory) or convert it "
+                    "to a tiled pyramid (e.g. `vips tiffsave in.tif out.tif --tile --pyramid "
+                    "--compression=jpeg`)")
         return (f"TIFF file of {size} bytes that OpenSlide cannot parse: truncated or corrupt "
                 "(an interrupted copy?)")
     return f"not a slide file (unknown format, starts with {head!r})"

@@ -64,6 +64,11 @@ class CohortError(WsiMilError):
     """The cohort table is invalid (columns, duplicates, conflicting labels...)."""
 
 
+class TargetError(CohortError):
+    """The target cannot be learned or evaluated as asked: no events in a training part, no
+    comparable pair in a test fold, a single class in a fold, a continuous-looking label."""
+
+
 class MissingFeaturesError(CohortError):
     """Slides of the cohort have no feature file."""
 

@@ -15,7 +15,7 @@ from wsi_mil.cli.common import exit_on_error, setup_run, to_dict
 from wsi_mil.cv.engine import CVSettings, run_cv
 from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import read_cohort
-from wsi_mil.data.folds import FoldPlan, make_fold_plan
+from wsi_mil.data.folds import FoldPlan, make_fold_plan, validate_targets
 from wsi_mil.errors import StaleOutputError
 from wsi_mil.io.feature_sources import list_feature_slides, resolve_source
 
@@ -38,7 +38,8 @@ def run(cfg: DictConfig) -> int:
     run_dir = setup_run(cfg, cfg.run_dir, "cv")
     settings = _settings(cfg)
     cohort = read_cohort(cfg.cohort, settings.task, str(cfg.label_column),
-                         name=None if cfg.cohort_name is None else str(cfg.cohort_name))
+                         name=None if cfg.cohort_name is None else str(cfg.cohort_name),
+                         allow_many_classes=bool(cfg.get("allow_many_classes", False)))
     logger.info("{}", cohort)
     source = resolve_source(cfg.features_dir, str(cfg.feature_source))
     cohort.check_features(list_feature_slides(cfg.features_dir, source))
@@ -57,6 +58,7 @@ def run(cfg: DictConfig) -> int:
     else:
         plan = make_fold_plan(cohort, *wanted[:3], seed=settings.seed, group_by=wanted[4])
     plan.validate(cohort)
+    validate_targets(cohort, plan)  # events / classes in every fold, before any training
     memmap = None
     if settings.n_jobs > 1 and settings.backend == "loky":
         memmap = run_dir / ".features_cache.npy"

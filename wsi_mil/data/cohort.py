@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsi_mil.errors import CohortError, ConfigError, MissingFeaturesError
+from wsi_mil.errors import CohortError, ConfigError, MissingFeaturesError, TargetError
 
 TASKS = ("classification", "survival")
+#: A numeric label column with more distinct values than this (or fractional values) looks
+#: continuous: it needs ``allow_many_classes=True`` to be a classification target.
+MAX_NUMERIC_CLASSES = 10
 
 
 def _rows(df: pd.DataFrame, mask: np.ndarray | pd.Series, cols: list[str], limit: int = 10) -> str:
@@ -107,6 +110,20 @@ class Cohort:
             )
 
 
+def looks_continuous(raw: pd.Series) -> str:
+    """Why a label column looks like a continuous variable ('' if it looks like classes)."""
+    numeric = pd.to_numeric(raw, errors="coerce")
+    if len(raw) == 0 or not numeric.notna().all():
+        return ""
+    values = np.sort(numeric.unique())
+    fractional = bool((values != np.round(values)).any())
+    if len(values) > MAX_NUMERIC_CLASSES or (fractional and len(values) > 2):
+        shown = ", ".join(f"{v:g}" for v in values[:5])
+        return (f"{len(values)} distinct numeric values ({shown}, ...)"
+                + (", not all integers" if fractional else ""))
+    return ""
+
+
 def _encode_labels(raw: pd.Series) -> tuple[np.ndarray, list]:
     values = raw.tolist()
     if all(isinstance(v, (int, np.integer)) for v in values):
@@ -129,8 +146,14 @@ def make_cohort(
     label_column: str = "label",
     name: str | None = None,
     source: str = "",
+    allow_many_classes: bool = False,
 ) -> Cohort:
-    """Validate a slide table and encode its target. Raises :class:`CohortError`."""
+    """Validate a slide table and encode its target. Raises :class:`CohortError`.
+
+    A classification label that looks continuous (:func:`looks_continuous`) is a
+    :class:`TargetError` unless ``allow_many_classes``; a survival cohort without any
+    event is one too.
+    """
     if task not in TASKS:
         raise ConfigError(f"task {task!r}; choose one of {TASKS}")
     df = df.reset_index(drop=True).copy()
@@ -160,6 +183,11 @@ def make_cohort(
         nan = df[label_column].isna()
         if nan.any():
             raise CohortError(f"missing {label_column!r}{where}:\n" + _rows(df, nan, required))
+        if not allow_many_classes and (why := looks_continuous(df[label_column])):
+            raise TargetError(
+                f"column {label_column!r}{where} looks continuous, not like class labels: {why}; "
+                "for a time-to-event target use task=survival (time, event columns), to train a "
+                "classifier with one class per value anyway pass allow_many_classes=true")
         out["y"], classes = _encode_labels(df[label_column])
         if len(classes) < 2:
             raise CohortError(f"column {label_column!r}{where} has a single class {classes}; need >= 2")
@@ -174,6 +202,9 @@ def make_cohort(
         if bad.any():
             raise CohortError(f"event must be 0 or 1{where}:\n" + _rows(df, bad, required))
         out["time"], out["event"] = time.astype(float), event.astype(int)
+        if not out["event"].any():
+            raise TargetError(f"survival cohort{where} has no event (every event is 0): no model "
+                              "can be trained or evaluated; check the event column (1 = event)")
         check = ["time", "event"]
     if "center_id" in out:
         check = [*check, "center_id"]
@@ -190,9 +221,10 @@ def make_cohort(
 
 
 def read_cohort(
-    path: str | Path, task: str, label_column: str = "label", name: str | None = None
+    path: str | Path, task: str, label_column: str = "label", name: str | None = None,
+    allow_many_classes: bool = False,
 ) -> Cohort:
-    """Read and validate a cohort CSV (see module docstring)."""
+    """Read and validate a cohort CSV (see module docstring and :func:`make_cohort`)."""
     path = Path(path)
     if not path.is_file():
         raise CohortError(f"cohort file {str(path)!r} not found")
@@ -201,4 +233,4 @@ def read_cohort(
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise CohortError(f"cannot read cohort CSV {str(path)!r}: {err}") from err
     return make_cohort(df, task, label_column, name=name or (None if "cohort" in df else path.stem),
-                       source=str(path))
+                       source=str(path), allow_many_classes=allow_many_classes)

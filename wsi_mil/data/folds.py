@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from loguru import logger
 from sklearn.model_selection import StratifiedGroupKFold
 
 from wsi_mil.data.cohort import Cohort
-from wsi_mil.errors import FoldPlanError
+from wsi_mil.errors import FoldPlanError, TargetError
 from wsi_mil.io.atomic import write_json_atomic
 
 GROUP_BY = ("patient", "center")
@@ -182,3 +183,61 @@ def make_fold_plan(cohort: Cohort, n_outer: int = 5, n_inner: int = 5, n_repeats
             folds.append(OuterFold(np.sort(train), np.sort(test), inner))
         repeats.append(folds)
     return FoldPlan(cohort.slide_ids, n_outer, n_inner, n_repeats, seed, group_by, repeats)
+
+
+def _comparable_pairs(time: np.ndarray, event: np.ndarray) -> int:
+    """Pairs (i, j) with an event at i before time j (Harrell's comparable pairs)."""
+    t_event = np.sort(time[event.astype(bool)])
+    return int(sum(np.searchsorted(t_event, t, side="left") for t in time))
+
+
+def _target_problems(cohort: Cohort, train: np.ndarray, test: np.ndarray) -> list[str]:
+    if cohort.task == "survival":
+        out = []
+        if not cohort.event[train].any():
+            out.append("its training part has no event (nothing for a Cox model to learn)")
+        if _comparable_pairs(cohort.time[test], cohort.event[test]) == 0:
+            out.append(f"its test part ({len(test)} slides, {int(cohort.event[test].sum())} "
+                       "events) has no comparable pair (the c-index is undefined)")
+        return out
+    out = []
+    missing = sorted(set(range(cohort.n_classes)) - set(cohort.y[train].tolist()))
+    if missing:
+        out.append(f"its training part has no slide of class(es) "
+                   f"{[cohort.classes[c] for c in missing]}")
+    if np.unique(cohort.y[test]).size < 2:
+        out.append(f"its test part holds a single class ({cohort.classes[int(cohort.y[test][0])]!r};"
+                   " AUC is undefined)")
+    return out
+
+
+def validate_targets(cohort: Cohort, plan: FoldPlan) -> None:
+    """Before any training: every outer fold can learn and measure the target.
+
+    Survival: an event in every outer training part and a comparable pair in every test
+    fold; classification: every class in every training part, two classes in every test
+    fold. Else a :class:`TargetError` naming the folds and suggesting fewer folds. The
+    same problems in inner folds are logged as warnings (their metric steers selection only).
+    """
+    bad = []
+    for r, folds in enumerate(plan.repeats):
+        for k, fold in enumerate(folds):
+            bad += [f"repeat {r} outer fold {k}: {p}"
+                    for p in _target_problems(cohort, fold.train, fold.test)]
+            for j, (tr, va) in enumerate(fold.inner):
+                for p in _target_problems(cohort, tr, va):
+                    logger.warning("repeat {} outer fold {} inner fold {}: {}", r, k, j, p)
+    if bad:
+        if cohort.task == "survival":
+            units = np.unique(cohort.patient_ids[cohort.event.astype(bool)]).size
+            what = f"{int(cohort.event.sum())} events in {units} patients"
+        else:
+            counts = np.bincount(cohort.y, minlength=cohort.n_classes)
+            what = ", ".join(f"{c}: {n}" for c, n in zip(cohort.classes, counts, strict=True))
+        fewer = max(2, plan.n_outer - 1)
+        raise TargetError(
+            f"the {cohort.task} target of {cohort.name!r} ({what}) cannot be trained and "
+            f"evaluated in {len(bad)} of {plan.n_outer * plan.n_repeats} outer folds: "
+            + "; ".join(bad[:5]) + (f"; ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+            + f". Use fewer folds (e.g. outer_folds={fewer}) or a cohort with more "
+            + ("events" if cohort.task == "survival" else "slides of the rare classes"))

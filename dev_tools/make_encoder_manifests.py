@@ -19,7 +19,9 @@ from the OFFICIAL model class, never from wsi_mil's builders:
 - MUSK: ``musk.modeling.musk_large_patch16_384`` (``--musk-src``: the repository
   root; fairscale, only imported for activation checkpointing, is stubbed);
 - CONCH: ``conch.open_clip_custom`` CoCa with ``conch_ViT-B-16.json``
-  (``--conch-src``: a folder holding the ``conch`` package).
+  (``--conch-src``: a folder holding the ``conch`` package);
+- Phikon's iBOT teacher checkpoint (manifest ``phikon_ibot``): ``bytedance/ibot``'s
+  ``main_ibot.py`` teacher (``--ibot-src``: the repository root).
 
 The tiny layout is the same class built with small widths/depths (``tiny_kwargs``)
 so key NAMES are identical to the official ones for the first ``tiny_depth``
@@ -32,7 +34,7 @@ calls ``.item()`` at init, so it is built on the CPU.
 Usage::
 
     python dev_tools/make_encoder_manifests.py [names...] --timm054 DIR \
-        --unimed-src DIR --musk-src DIR --conch-src DIR
+        --unimed-src DIR --musk-src DIR --conch-src DIR --ibot-src DIR
 """
 from __future__ import annotations
 
@@ -460,11 +462,45 @@ def conch():
         tiny_depth=2)
 
 
+def phikon_ibot():
+    """Phikon's iBOT teacher checkpoint: bytedance/ibot main_ibot.py (needs --ibot-src)."""
+    import models  # ibot/models
+    import torch
+    import utils  # ibot/utils.py
+    from models.head import iBOTHead
+
+    def teacher(**vit):
+        args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4,
+                    qkv_bias=True, return_all_tokens=True)  # = models.vit_base(patch_size=16)
+        backbone = models.VisionTransformer(**{**args, **vit},
+                                            norm_layer=__import__("functools").partial(
+                                                torch.nn.LayerNorm, eps=1e-6))
+        # main_ibot.py defaults: out_dim 8192, patch_out_dim 8192, norm None, act gelu,
+        # shared_head_teacher True
+        head = iBOTHead(backbone.embed_dim, 8192 if not vit else 64, patch_out_dim=8192 if not vit else 64,
+                        norm=None, act="gelu", shared_head=True)
+        return utils.MultiCropWrapper(backbone, head)
+
+    full = _meta(teacher).state_dict()
+    tiny = teacher(embed_dim=32, depth=2, num_heads=2).state_dict()
+    return full, tiny, dict(
+        official="bytedance/ibot main_ibot.py teacher: MultiCropWrapper(vit_base(patch_size=16, "
+                 "return_all_tokens=True), iBOTHead(768, 8192, patch_out_dim=8192, "
+                 "shared_head=True)); checkpoint {'student', 'teacher', 'optimizer', 'epoch', "
+                 "'args' (argparse.Namespace), 'ibot_loss'}; the teacher is read",
+        encoder_name="phikon", file="ibot_vit_base_pancan.pth", nesting=["teacher"], hub=None,
+        extra_top_level={"epoch": 100, "args": {"__namespace__": {"arch": "vit_base",
+                                                                 "patch_size": 16}}},
+        tiny_kwargs=dict(embed_dim=32, depth=2, num_heads=2, out_dim=64),
+        wsi_mil_arch=dict(embed_dim=32, depth=2, num_heads=2),
+        depth_patterns=[r"\.blocks\.(\d+)\."], tiny_depth=2)
+
+
 BUILDERS = {f.__name__: f for f in (uni, uni2_h, virchow2, h_optimus_0, gigapath, resnet50,
                                      resnet50_trunc, ctranspath, phikon, phikon_v2, plip,
-                                     biomedclip, unimed_clip, musk, conch)}
+                                     biomedclip, unimed_clip, musk, conch, phikon_ibot)}
 PATH_OF = {"ctranspath": "timm054", "unimed_clip": "unimed_src", "musk": "musk_src",
-           "conch": "conch_src"}
+           "conch": "conch_src", "phikon_ibot": "ibot_src"}
 
 
 def write_one(name: str) -> Path:
@@ -472,6 +508,7 @@ def write_one(name: str) -> Path:
     info = dict(info)
     manifest = {
         "encoder": name,
+        "encoder_name": info.pop("encoder_name", name),
         "official": info.pop("official"),
         "hub": info.pop("hub", None),
         "file": info.pop("file"),

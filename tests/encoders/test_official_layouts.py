@@ -31,6 +31,7 @@ from wsi_mil.testing import tiny_models as tm
 
 # *_joint names load the same weights as their base encoder (another embedding)
 WEIGHTED = sorted(n for n in FAMILY_OF if n != "histo_stats" and not n.endswith("_joint"))
+MANIFESTS = tm.manifest_names()  # + other released formats of an encoder (phikon_ibot)
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
 
@@ -40,7 +41,7 @@ def test_every_weighted_encoder_has_an_official_layout_manifest():
     assert not missing, f"no official-layout manifest for {missing}"
 
 
-@pytest.mark.parametrize("name", WEIGHTED)
+@pytest.mark.parametrize("name", MANIFESTS)
 def test_a_checkpoint_in_the_official_layout_loads_through_the_real_code_path(name, tmp_path,
                                                                               tiles):
     info = tm.save_official_tiny(name, tmp_path / name)
@@ -51,7 +52,7 @@ def test_a_checkpoint_in_the_official_layout_loads_through_the_real_code_path(na
     assert enc.weights_source.startswith("local:")
 
 
-@pytest.mark.parametrize("name", WEIGHTED)
+@pytest.mark.parametrize("name", MANIFESTS)
 def test_tiny_layout_names_are_the_official_names_of_the_first_blocks(name):
     manifest = tm.load_manifest(name)
     patterns = [re.compile(p) for p in manifest["depth_patterns"]]
@@ -201,6 +202,7 @@ def test_manifests_are_plain_json_with_the_documented_fields():
         for field in ("encoder", "official", "file", "nesting", "keys", "tiny", "depth_patterns"):
             assert field in manifest, (name, field)
         assert manifest["encoder"] == name
+        assert manifest.get("encoder_name", name) in FAMILY_OF
 
 
 @pytest.mark.parametrize("name, official_key, loaded_key", [
@@ -220,3 +222,14 @@ def test_transformers_folders_in_the_hub_names_load_their_values(name, official_
     enc = create_encoder(**info)
     torch.testing.assert_close(enc.model.state_dict()[loaded_key], saved[official_key],
                                rtol=0, atol=0)
+
+
+def test_phikon_ibot_training_checkpoint_reads_the_teacher(tmp_path, tiles):
+    """iBOT's checkpoint.pth: {'student', 'teacher', 'args': Namespace, ...}; the teacher's
+    backbone is the model (its projection heads are dropped)."""
+    info = tm.save_official_tiny("phikon_ibot", tmp_path)
+    saved = torch.load(info["weights"], weights_only=False)
+    assert {"teacher", "args", "epoch"} <= set(saved)
+    enc = create_encoder(**info)
+    torch.testing.assert_close(enc.model.state_dict()["blocks.1.attn.qkv.weight"],
+                               saved["teacher"]["backbone.blocks.1.attn.qkv.weight"], rtol=0, atol=0)

@@ -23,6 +23,7 @@ architecture (e.g. ``{"embed_dim": 32, "depth": 2}``); an explicit
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -133,7 +134,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
 
         return load_file(str(path), device="cpu")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # training checkpoints (iBOT / DINO) hold their argparse.Namespace of options
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle of arbitrary objects, truncated file...
         raise FileFormatError(
             f"cannot read weights {path} with torch.load(weights_only=True): {exc}. "

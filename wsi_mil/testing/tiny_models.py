@@ -439,7 +439,12 @@ def nest_official(manifest: dict[str, Any], state: dict[str, torch.Tensor]) -> d
     for key in reversed(manifest.get("nesting", [])):
         obj = {key: obj}
     if manifest.get("extra_top_level"):
-        obj = {**manifest["extra_top_level"], **obj}
+        import argparse
+
+        extra = {k: argparse.Namespace(**v["__namespace__"])
+                 if isinstance(v, dict) and "__namespace__" in v else v
+                 for k, v in manifest["extra_top_level"].items()}
+        obj = {**extra, **obj}
     return obj
 
 
@@ -496,7 +501,7 @@ def save_official_tiny(name: str, folder: str | Path, seed: int = 0) -> dict[str
     if extra_setup is not None:
         extra = extra_setup(folder, manifest, arch)
         weights, arch = extra.get("weights", weights), extra.get("arch", arch)
-    return dict(name=name, weights=str(weights), arch_overrides=arch)
+    return dict(name=manifest.get("encoder_name", name), weights=str(weights), arch_overrides=arch)
 
 
 def _biomedclip_folder(folder: Path, manifest: dict, arch: dict) -> dict[str, Any]:

@@ -131,3 +131,13 @@ def test_with_repeats_delong_is_not_applied_and_the_bootstrap_still_separates_th
     pair = compare_runs([good, weak], n_boot=300).pairs.iloc[0]
     assert np.isnan(pair.p_delong) and np.isnan(pair.p_delong_holm)
     assert pair.n_folds == 15 and pair.diff_low > 0 and pair.p_bootstrap < 0.01
+
+
+def test_delong_gives_no_p_value_when_every_fold_is_perfectly_separated(tmp_path):
+    cohort, _ = _cohort(n_patients=30, seed=5)
+    plan = make_fold_plan(cohort, 3, 0, 1, seed=0)
+    y = cohort.y.astype(float)
+    perfect = _run(tmp_path, cohort, plan, lambda i: y[i], "perfect")
+    inverted = _run(tmp_path, cohort, plan, lambda i: -y[i], "inverted")
+    pair = compare_runs([perfect, inverted], n_boot=200).pairs.iloc[0]
+    assert pair["diff"] == 1.0 and np.isnan(pair.p_delong)

@@ -10,7 +10,9 @@ Every pair of runs is compared on the same folds and patients, three ways:
   replicate distribution of the difference (resolution 1 / n_boot);
 - ``p_delong``: DeLong's test of two correlated AUCs, per outer fold, the fold
   differences' variances summed (folds are disjoint test sets); binary AUC with
-  one repeat only (repeats re-test the same patients), NaN otherwise.
+  one repeat only (repeats re-test the same patients), NaN otherwise, and NaN
+  when that variance is 0 with a non-zero difference (separable folds of a few
+  slides, where the normal approximation says nothing).
 
 p-values are Holm-adjusted over the pairs of a comparison (``*_holm``).
 Runs made on different fold plans are refused (:class:`FoldPlanMismatchError`).
@@ -125,8 +127,8 @@ def _delong_p(a: RunData, b: RunData) -> float:
         return float("nan")
     k = len(diffs)
     var = float(np.sum(variances)) / k**2
-    if var == 0.0:
-        return 1.0 if np.mean(diffs) == 0 else 0.0
+    if var == 0.0:  # e.g. AUCs of 0 or 1 on a few slides: the normal approximation says nothing
+        return 1.0 if np.mean(diffs) == 0 else float("nan")
     return float(2.0 * norm.sf(abs(np.mean(diffs)) / np.sqrt(var)))
 
 

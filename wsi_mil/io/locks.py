@@ -130,6 +130,18 @@ class SlideLocks:
                 pass
         aside.unlink(missing_ok=True)
 
+    def sweep(self) -> int:
+        """Remove the stale locks of the folder (e.g. of a killed run whose slide was finished
+        before it died, so nobody would claim that lock again); returns how many."""
+        n = 0
+        for path in self.folder.glob("*.lock") if self.folder.is_dir() else ():
+            holder = self._read(path)
+            mine = holder is not None and holder.get("token") == self.owner["token"]
+            if not mine and self.is_stale(path, holder):
+                self._break(path, holder)
+                n += 1
+        return n
+
     def touch(self, key: str) -> None:
         """Show the owner is alive (at most every TOUCH_EVERY_S seconds)."""
         now = time.monotonic()

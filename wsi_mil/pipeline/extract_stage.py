@@ -339,6 +339,7 @@ def run_extraction(
     sweep_temp_files(out_root)
     ledger = StatusLedger(out_root, name=ledger_name)
     locks = SlideLocks(out_root)
+    locks.sweep()
     left = {s.slide_id: who for s in mine if (who := locks.holder(s.slide_id))}
     for sid, who in left.items():
         logger.info("{}: left to the process that holds its lock ({})", sid, who)

@@ -52,7 +52,7 @@ def load_fold_model(path: str | Path, factory: ModelFactory | None = None) -> to
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         raise FileFormatError(f"{path} is not a readable model checkpoint "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); rerun "
+                              f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); rerun "
                               "`wsi-mil cv` for this run (or delete the file)") from err
     if not isinstance(ckpt, dict):
         raise FileFormatError(f"{path} holds a {type(ckpt).__name__}, not a model checkpoint")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wsi_mil.cv.engine import CVSettings, grid_points, run_cv, select  # re-exported
+from wsi_mil.cv.engine import CVSettings, grid_points, run_cv, select
 from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import make_cohort, read_cohort
 from wsi_mil.data.folds import make_fold_plan

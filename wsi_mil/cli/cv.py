@@ -27,7 +27,8 @@ def _settings(cfg: DictConfig) -> CVSettings:
         task=str(cfg.task), model=str(cfg.model.name), hparams=to_dict(cfg.model.get("hparams")) or {},
         grid=grid, mode=str(cfg.mode), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay),
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), n_tiles=n_tiles,
-        tile_sampling=str(cfg.tile_sampling), seed=int(cfg.seed), n_jobs=int(cfg.n_jobs),
+        tile_sampling=str(cfg.tile_sampling), seed=int(cfg.seed), engine=str(cfg.get("engine", "batched")),
+        n_jobs=int(cfg.n_jobs), feature_dtype=str(cfg.feature_dtype),
         backend=str(cfg.backend), device=str(cfg.device), encoder=str(cfg.encoder),
         features_dir=str(cfg.features_dir), cohort_path=str(cfg.cohort), save_models=bool(cfg.save_models),
     )
@@ -60,7 +61,7 @@ def run(cfg: DictConfig) -> int:
     plan.validate(cohort)
     validate_targets(cohort, plan)  # events / classes in every fold, before any training
     memmap = None
-    if settings.n_jobs > 1 and settings.backend == "loky":
+    if settings.engine == "loop" and settings.n_jobs > 1 and settings.backend == "loky":
         memmap = run_dir / ".features_cache.npy"
     store = BagStore.from_dir(cfg.features_dir, cohort.slide_ids, source, str(cfg.feature_dtype),
                               memmap_path=memmap)

@@ -15,24 +15,35 @@ Protocol (``mode="nested"``), for each repeat r and outer fold k of a
 ``mode="kfold"``: no inner folds; fit with the fixed hyperparameters on the
 outer-train part for ``epochs`` epochs, score the outer-test slides.
 
-Independent fits run in parallel (joblib ``n_jobs``). With the ``loky``
-backend the feature store is memory-mapped from one ``.npy`` file so worker
-processes share its pages, and results do not depend on ``n_jobs`` (each fit
-seeds its own process); with ``threading`` they share the array directly, but
-heads using dropout are then not bit-reproducible (torch's global generator is
-shared by the threads). Torch uses ``max(1, cores // n_jobs)`` threads per fit.
+Engines (``settings.engine``):
 
-Outputs (written atomically into ``run_dir``): ``fold_plan.json``,
-``folds/r{r}_f{k}.json`` (one per finished outer fold: a rerun skips it),
-``models/r{r}_f{k}.pt``, then ``predictions.csv``, ``folds.csv``,
-``summary.json``. See :mod:`wsi_mil.cv.outputs`.
+- ``batched`` (default): the G x J inner fits of a *block* of outer folds
+  train as one stacked model (:mod:`wsi_mil.training.fit_stacked`): one
+  process, torch threads = cores, one optimizer step for all models; the
+  refits of all outer folds and repeats then train together the same way.
+  A block holds as many outer folds as fit the batch-memory budget (one
+  fold for 1,000-tile bags of 768-d features, all folds for small bags).
+- ``loop``: one fit at a time (parallel over ``n_jobs`` worker processes or
+  threads), the trusted path the batched engine is tested against, and the
+  fallback for heads that cannot be stacked (TransMIL, HIPT-MIL: logged).
+
+Both use the same fold plan, seeds, minibatch orders and tile samples, and
+give the same selections and test scores to float rounding.
+
+Resume: the inner curves of every outer fold are checkpointed
+(``inner/r{r}_f{k}.json``) as soon as its block finishes, and each finished
+outer fold is written to ``folds/r{r}_f{k}.json``; a rerun skips both, so a
+kill loses at most the block (or refit) in progress. Outputs: see
+:mod:`wsi_mil.cv.outputs`.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
-from dataclasses import replace
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +61,45 @@ from wsi_mil.data.folds import FoldPlan
 from wsi_mil.errors import ConfigError, StaleOutputError
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.training.fit import FitParams, Targets, fit, predict
+from wsi_mil.training.fit_stacked import (
+    CHUNK_BYTES,
+    Stream,
+    can_stack,
+    fit_stacked,
+    predict_stacked,
+)
+
+#: a block of outer folds is sized so that one step's batches stay under this
+BLOCK_BYTES = CHUNK_BYTES
+PROGRESS_SECONDS = 20.0
 
 
-def _params(settings: CVSettings, point: dict, epochs: int, seed: int) -> FitParams:
-    hparams = {**settings.hparams, **{k: v for k, v in point.items() if k not in _FIXED_NAMES}}
-    return FitParams(model=settings.model, hparams=hparams, lr=float(point["lr"]),
-                     weight_decay=float(point["weight_decay"]), epochs=int(epochs),
-                     batch_size=settings.batch_size, n_tiles=settings.n_tiles,
-                     tile_sampling=settings.tile_sampling, seed=seed, device=settings.device)
+@dataclass
+class CVRun:
+    """Everything one CV run works on, passed around as one object."""
+
+    cohort: Cohort
+    store: BagStore
+    plan: FoldPlan
+    settings: CVSettings
+    targets: Targets
+    points: list[dict[str, Any]]
+    run_dir: Path
+    fingerprint: dict
+
+    def params(self, point: dict, epochs: int, seed: int) -> FitParams:
+        s = self.settings
+        hparams = {**s.hparams, **{k: v for k, v in point.items() if k not in _FIXED_NAMES}}
+        return FitParams(model=s.model, hparams=hparams, lr=float(point["lr"]),
+                         weight_decay=float(point["weight_decay"]), epochs=int(epochs),
+                         batch_size=s.batch_size, n_tiles=s.n_tiles, tile_sampling=s.tile_sampling,
+                         seed=seed, device=s.device)
+
+    def inner_seed(self, r: int, k: int, j: int) -> int:
+        return _fit_seed(self.settings.seed, r, k, j + 1)
+
+    def refit_seed(self, r: int, k: int) -> int:
+        return _fit_seed(self.settings.seed, r, k, 0)
 
 
 def _fit_seed(*keys: int) -> int:
@@ -71,29 +113,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _inner_task(store: BagStore, targets: Targets, train: np.ndarray, val: np.ndarray,
-                params: FitParams, n_threads: int) -> np.ndarray:
-    torch.set_num_threads(n_threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MetricWarning)
-        return fit(store, targets, train, params, val_idx=val).val_curve
-
-
-def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.ndarray,
-                params: FitParams, n_threads: int) -> dict:
-    torch.set_num_threads(n_threads)
-    result = fit(store, targets, train, params)
-    args = (targets.task, params.n_tiles, params.tile_sampling, params.seed, params.batch_size, params.device)
-    out = {"test_scores": predict(result.model, store, test, *args), "seconds": result.seconds,
-           "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()}}
-    if targets.task == "survival":
-        out["train_scores"] = predict(result.model, store, train, *args)
-    return out
-
-
 def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings,
            run_dir: str | Path) -> cv_outputs.CVResult:
-    """Run the protocol of the module docstring; resume finished outer folds of ``run_dir``."""
+    """Run the protocol of the module docstring; resume finished work of ``run_dir``."""
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     plan.validate(cohort)
@@ -109,10 +131,10 @@ def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings
             f"{plan_path} holds another fold plan than this run's; use a new output directory "
             "(finished folds of the old plan must not be mixed with the new one)"
         )
-    targets = Targets.from_cohort(cohort)
-    points = grid_points(settings)
-    # finished folds are reused only for the same settings, targets, features and plan
+    # finished work is reused only for the same settings, targets, features and plan
     fingerprint = {**settings.fingerprint(), "data": _data_fingerprint(cohort, plan, settings)}
+    run = CVRun(cohort, store, plan, settings, Targets.from_cohort(cohort), grid_points(settings), run_dir,
+                fingerprint)
     pending = []
     for r, folds in enumerate(plan.repeats):
         for k in range(len(folds)):
@@ -124,77 +146,270 @@ def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings
                     f"{cv_outputs.fold_path(run_dir, r, k)} was made with other settings; "
                     "use a new output directory or delete the run's folds/ folder"
                 )
+    engine = _choose_engine(run)
     n_total = sum(len(f) for f in plan.repeats)
-    logger.info("{} CV of {} on {}: {} outer folds ({} to run), {} grid point(s), n_jobs={}",
-                settings.mode, settings.model, cohort.name, n_total, len(pending), len(points), settings.n_jobs)
-    n_jobs = max(1, int(settings.n_jobs))
-    n_threads = max(1, available_cores() // n_jobs)
-    work_store, cache = store, None
-    if pending and n_jobs > 1 and settings.backend == "loky" and store.memmap_path is None:
-        cache = run_dir / ".features_cache.npy"
-        work_store = store.to_memmap(cache)
-    try:
-        if pending:
-            _run_pending(cohort, work_store, plan, settings, targets, points, pending, run_dir,
-                         n_jobs, n_threads, fingerprint)
-    finally:
-        if cache is not None:
-            del work_store
-            cache.unlink(missing_ok=True)
-    result = cv_outputs.aggregate(run_dir, cohort, plan, settings, targets.metric_name,
+    logger.info("{} CV of {} on {}: {} outer folds ({} to run), {} grid point(s), engine={}",
+                settings.mode, settings.model, cohort.name, n_total, len(pending), len(run.points), engine)
+    if pending and engine == "batched":
+        torch.set_num_threads(available_cores())
+        _run_batched(run, pending)
+    elif pending:
+        _run_loop(run, pending)
+    result = cv_outputs.aggregate(run_dir, cohort, plan, settings, run.targets.metric_name,
                                   time.perf_counter() - t0)
-    logger.info("{} {}: {:.4f} +- {:.4f} over {} folds", settings.model, result.summary["metric"],
-                result.summary["mean"], result.summary["sd"], result.summary["n_folds"])
+    s = result.summary
+    logger.info("{} {}: {:.4f} +- {:.4f} over {}/{} folds", settings.model, s["metric"], s["mean"], s["sd"],
+                s["n_folds"], s["n_folds_total"])
     return result
 
 
-def _run_pending(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings, targets: Targets,
-                 points: list[dict], pending: list[tuple[int, int]], run_dir: Path, n_jobs: int,
-                 n_threads: int, fingerprint: dict) -> None:
-    parallel = Parallel(n_jobs=n_jobs, backend=settings.backend)
-    selections: dict[tuple[int, int], dict] = {}
-    if settings.mode == "nested":
-        jobs, keys = [], []
-        for r, k in pending:
-            fold = plan.repeats[r][k]
-            for g, point in enumerate(points):
-                for j, (tr, va) in enumerate(fold.inner):
-                    params = _params(settings, point, settings.epochs, _fit_seed(settings.seed, r, k, j + 1))
-                    jobs.append(delayed(_inner_task)(store, targets, tr, va, params, n_threads))
-                    keys.append((r, k, g, j))
-        logger.info("inner fits: {} ({} threads each)", len(jobs), n_threads)
-        curves_list = parallel(jobs)
-        n_inner = plan.n_inner
-        for r, k in pending:
-            curves = np.full((len(points), n_inner, settings.epochs), np.nan)
-            for (rr, kk, g, j), c in zip(keys, curves_list, strict=True):
-                if (rr, kk) == (r, k):
-                    curves[g, j, : len(c)] = c
-            g, epochs, score = select(curves)
-            if np.isnan(score):
-                logger.warning("repeat {} fold {}: inner metric undefined everywhere; using grid point 0, "
-                               "{} epochs", r, k, epochs)
-            selections[(r, k)] = {"point": points[g], "epochs": epochs, "inner_score": score,
-                                  "inner_curves": np.nanmean(curves, axis=1).tolist()}
-    else:
-        for r, k in pending:
-            selections[(r, k)] = {"point": points[0], "epochs": settings.epochs, "inner_score": None,
-                                  "inner_curves": None}
-    jobs = []
+def _choose_engine(run: CVRun) -> str:
+    if run.settings.engine == "loop":
+        return "loop"
+    for point in run.points:
+        ok, why = can_stack(run.params(point, 1, 0), run.store.dim, run.targets.n_outputs)
+        if not ok:
+            logger.warning("engine=batched: {} cannot be stacked ({}); falling back to engine=loop "
+                           "(one model at a time)", run.settings.model, why)
+            return "loop"
+    return "batched"
+
+
+# -- shared by both engines -------------------------------------------------------
+def _select_fold(run: CVRun, r: int, k: int, curves: np.ndarray) -> dict:
+    g, epochs, score = select(curves)
+    if np.isnan(score):
+        logger.warning("repeat {} fold {}: inner metric undefined everywhere; using grid point 0, {} epochs",
+                       r, k, epochs)
+    return {"point": run.points[g], "epochs": epochs, "inner_score": score,
+            "inner_curves": _nanmean_curves(curves).tolist()}
+
+
+def _nanmean_curves(curves: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(curves, axis=1)
+
+
+def _fixed_selection(run: CVRun) -> dict:
+    return {"point": run.points[0], "epochs": run.settings.epochs, "inner_score": None, "inner_curves": None}
+
+
+def _selections(run: CVRun, pending: list[tuple[int, int]],
+                inner: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], dict]:
+    if run.settings.mode != "nested":
+        return {rk: _fixed_selection(run) for rk in pending}
+    return {rk: _select_fold(run, *rk, inner[rk]) for rk in pending}
+
+
+def _load_inner(run: CVRun, pending: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    out = {}
     for r, k in pending:
-        fold, sel = plan.repeats[r][k], selections[(r, k)]
-        params = _params(settings, sel["point"], sel["epochs"], _fit_seed(settings.seed, r, k, 0))
-        sel["params"] = params
-        jobs.append(delayed(_refit_task)(store, targets, fold.train, fold.test, params, n_threads))
-    logger.info("outer refits: {}", len(jobs))
-    for (r, k), out in zip(pending, Parallel(n_jobs=n_jobs, backend=settings.backend,
-                                             return_as="generator")(jobs), strict=True):
-        sel = selections[(r, k)]
-        cv_outputs.write_fold(run_dir, cohort, plan, targets, r, k, sel, out, fingerprint,
-                              save_model=settings.save_models, in_dim=store.dim)
-        logger.bind(fold=f"r{r}_f{k}").info(
-            "repeat {} fold {}: lr={} wd={} epochs={} -> test done ({:.1f}s)",
-            r, k, sel["point"]["lr"], sel["point"]["weight_decay"], sel["epochs"], out["seconds"])
+        curves = cv_outputs.read_inner(run.run_dir, r, k, run.fingerprint)
+        if curves is not None:
+            out[(r, k)] = curves
+    if out:
+        logger.info("resuming: inner fits of {} outer fold(s) already done", len(out))
+    return out
+
+
+class _Progress:
+    def __init__(self, what: str) -> None:
+        self.what, self.t0, self.last = what, time.perf_counter(), time.perf_counter()
+
+    def __call__(self, epoch: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_SECONDS or epoch == total:
+            self.last = now
+            logger.info("{}: epoch {}/{} ({:.0f} s)", self.what, epoch, total, now - self.t0)
+
+
+# -- batched engine ---------------------------------------------------------------------
+def _hparam_key(point: dict) -> str:
+    return repr(sorted((k, repr(v)) for k, v in point.items() if k not in _FIXED_NAMES))
+
+
+def _blocks(run: CVRun, folds: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Consecutive groups of outer folds whose inner fits train together (memory-bounded)."""
+    s = run.settings
+    tiles = np.minimum(run.store.n_tiles, s.n_tiles) if s.n_tiles else run.store.n_tiles
+    per_stream = s.batch_size * int(tiles.max()) * run.store.dim * 4
+    n_inner = max(1, run.plan.n_inner)
+    per_block = max(1, BLOCK_BYTES // max(1, per_stream * n_inner))
+    return [folds[i:i + per_block] for i in range(0, len(folds), per_block)]
+
+
+def _run_batched(run: CVRun, pending: list[tuple[int, int]]) -> None:
+    inner: dict[tuple[int, int], np.ndarray] = {}
+    if run.settings.mode == "nested":
+        inner = _load_inner(run, pending)
+        todo = [rk for rk in pending if rk not in inner]
+        blocks = _blocks(run, todo)
+        for b, block in enumerate(blocks):
+            label = f"inner fits, block {b + 1}/{len(blocks)} (folds {', '.join(f'r{r}f{k}' for r, k in block)})"
+            for rk, curves in _inner_block(run, block, label).items():
+                cv_outputs.write_inner(run.run_dir, *rk, curves, run.fingerprint)
+                inner[rk] = curves
+    selections = _selections(run, pending, inner)
+    _refits_batched(run, pending, selections)
+
+
+def _inner_block(run: CVRun, block: list[tuple[int, int]], label: str) -> dict[tuple[int, int], np.ndarray]:
+    """Curves (G, J, E) of every outer fold of ``block``, all its fits trained together."""
+    s, plan = run.settings, run.plan
+    streams, where = [], []
+    for r, k in block:
+        for j, (tr, va) in enumerate(plan.repeats[r][k].inner):
+            streams.append(Stream(np.asarray(tr), np.asarray(va), run.inner_seed(r, k, j)))
+            where.append((r, k, j))
+    curves = {rk: np.full((len(run.points), plan.n_inner, s.epochs), np.nan) for rk in block}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for g, point in enumerate(run.points):
+        groups[_hparam_key(point)].append(g)
+    t0 = time.perf_counter()
+    logger.info("{}: {} models ({} grid point(s) x {} streams), {} epochs", label,
+                len(run.points) * len(streams), len(run.points), len(streams), s.epochs)
+    for rows in groups.values():
+        pts = [run.points[g] for g in rows]
+        shape = (len(rows), len(streams))
+        lr = np.broadcast_to(np.array([[p["lr"]] for p in pts], dtype=float), shape)
+        wd = np.broadcast_to(np.array([[p["weight_decay"]] for p in pts], dtype=float), shape)
+        result = fit_stacked(run.store, run.targets, streams, run.params(pts[0], s.epochs, 0),
+                             lr, wd, np.full(shape, s.epochs), progress=_Progress(label))
+        for i, g in enumerate(rows):
+            for st, (r, k, j) in enumerate(where):
+                curves[(r, k)][g, j] = result.curves[i, st]
+        logger.debug("{}: timings {}", label, {k: round(v, 2) for k, v in result.timings.items()})
+    logger.info("{}: done in {:.1f} s", label, time.perf_counter() - t0)
+    return curves
+
+
+def _refits_batched(run: CVRun, pending: list[tuple[int, int]], selections: dict) -> None:
+    """The outer refits of all pending folds (and repeats), trained together per head hparams."""
+    groups: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for rk in pending:
+        groups[_hparam_key(selections[rk]["point"])].append(rk)
+    for folds in groups.values():
+        t0 = time.perf_counter()
+        streams = [Stream(np.asarray(run.plan.repeats[r][k].train), None, run.refit_seed(r, k)) for r, k in folds]
+        sels = [selections[rk] for rk in folds]
+        lr = np.array([[sel["point"]["lr"] for sel in sels]], dtype=float)
+        wd = np.array([[sel["point"]["weight_decay"] for sel in sels]], dtype=float)
+        epochs = np.array([[sel["epochs"] for sel in sels]], dtype=int)
+        params = run.params(sels[0]["point"], int(epochs.max()), 0)
+        label = f"outer refits ({len(folds)} model(s))"
+        logger.info("{}: epochs {}", label, epochs[0].tolist())
+        result = fit_stacked(run.store, run.targets, streams, params, lr, wd, epochs, progress=_Progress(label))
+        tests = predict_stacked(result, run.store, run.targets,
+                                [run.plan.repeats[r][k].test for r, k in folds], params)[0]
+        trains = None
+        if run.targets.task == "survival":
+            trains = predict_stacked(result, run.store, run.targets, [st.train_idx for st in streams], params)[0]
+        seconds = (time.perf_counter() - t0) / len(folds)
+        for i, (r, k) in enumerate(folds):
+            sel = dict(selections[(r, k)])
+            sel["params"] = replace(params, lr=float(lr[0, i]), weight_decay=float(wd[0, i]),
+                                    epochs=int(epochs[0, i]), seed=streams[i].seed)
+            out = {"test_scores": tests[i], "seconds": seconds, "state_dict": result.state_dict(0, i)}
+            if trains is not None:
+                out["train_scores"] = trains[i]
+            _write(run, r, k, sel, out)
+
+
+def _write(run: CVRun, r: int, k: int, sel: dict, out: dict) -> None:
+    cv_outputs.write_fold(run, r, k, sel, out)
+    logger.bind(fold=f"r{r}_f{k}").info("repeat {} fold {}: lr={} wd={} epochs={} -> test done",
+                                        r, k, sel["params"].lr, sel["params"].weight_decay, sel["params"].epochs)
+
+
+# -- loop engine ------------------------------------------------------------------------
+def _die_with_parent(parent_pid: int) -> None:
+    """In a worker process: exit as soon as the parent (the CV run) is gone, so a killed run
+    leaves no workers behind. A daemon thread polls the parent pid (started once per process)."""
+    global _WATCHING
+    if os.getpid() == parent_pid or _WATCHING:
+        return
+    _WATCHING = True
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="wsi-mil-parent-watch", daemon=True).start()
+
+
+_WATCHING = False
+
+
+def _inner_task(store: BagStore, targets: Targets, train: np.ndarray, val: np.ndarray,
+                params: FitParams, n_threads: int, parent_pid: int) -> np.ndarray:
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(n_threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        return fit(store, targets, train, params, val_idx=val).val_curve
+
+
+def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.ndarray,
+                params: FitParams, n_threads: int, parent_pid: int) -> dict:
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(n_threads)
+    result = fit(store, targets, train, params)
+    args = (targets.task, params.n_tiles, params.tile_sampling, params.seed, params.batch_size, params.device)
+    out = {"test_scores": predict(result.model, store, test, *args), "seconds": result.seconds,
+           "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()}}
+    if targets.task == "survival":
+        out["train_scores"] = predict(result.model, store, train, *args)
+    return out
+
+
+def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
+    s = run.settings
+    n_jobs = max(1, int(s.n_jobs))
+    n_threads = max(1, available_cores() // n_jobs)
+    store, cache = run.store, None
+    if n_jobs > 1 and s.backend == "loky" and store.memmap_path is None:
+        cache = run.run_dir / ".features_cache.npy"
+        store = store.to_memmap(cache)
+    try:
+        parallel = Parallel(n_jobs=n_jobs, backend=s.backend)
+        inner: dict[tuple[int, int], np.ndarray] = {}
+        if s.mode == "nested":
+            inner = _load_inner(run, pending)
+            for r, k in [rk for rk in pending if rk not in inner]:
+                fold = run.plan.repeats[r][k]
+                jobs, keys = [], []
+                for g, point in enumerate(run.points):
+                    for j, (tr, va) in enumerate(fold.inner):
+                        params = run.params(point, s.epochs, run.inner_seed(r, k, j))
+                        jobs.append(delayed(_inner_task)(store, run.targets, tr, va, params, n_threads, os.getpid()))
+                        keys.append((g, j))
+                t0 = time.perf_counter()
+                logger.info("inner fits of repeat {} fold {}: {} fits ({} threads each)", r, k, len(jobs), n_threads)
+                curves = np.full((len(run.points), run.plan.n_inner, s.epochs), np.nan)
+                for (g, j), c in zip(keys, parallel(jobs), strict=True):
+                    curves[g, j, : len(c)] = c
+                cv_outputs.write_inner(run.run_dir, r, k, curves, run.fingerprint)
+                inner[(r, k)] = curves
+                logger.info("inner fits of repeat {} fold {}: done in {:.1f} s", r, k, time.perf_counter() - t0)
+        selections = _selections(run, pending, inner)
+        jobs = []
+        for r, k in pending:
+            sel = selections[(r, k)]
+            sel["params"] = run.params(sel["point"], sel["epochs"], run.refit_seed(r, k))
+            fold = run.plan.repeats[r][k]
+            jobs.append(delayed(_refit_task)(store, run.targets, fold.train, fold.test, sel["params"], n_threads,
+                                             os.getpid()))
+        logger.info("outer refits: {}", len(jobs))
+        for (r, k), out in zip(pending, Parallel(n_jobs=n_jobs, backend=s.backend, return_as="generator")(jobs),
+                               strict=True):
+            _write(run, r, k, selections[(r, k)], out)
+    finally:
+        if cache is not None:
+            del store
+            cache.unlink(missing_ok=True)
 
 
 def plain_settings(settings: CVSettings, **changes: Any) -> CVSettings:

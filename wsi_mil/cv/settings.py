@@ -17,12 +17,21 @@ from wsi_mil.errors import ConfigError
 
 MODES = ("nested", "kfold")
 BACKENDS = ("loky", "threading")
+ENGINES = ("batched", "loop")
 _FIXED_NAMES = {"lr", "learning_rate", "weight_decay"}
 
 
 @dataclass
 class CVSettings:
-    """Typed settings of a CV run (the CLI builds it from ``conf/cv.yaml``)."""
+    """Typed settings of a CV run (the CLI builds it from ``conf/cv.yaml``).
+
+    ``engine="batched"`` (default) trains all fits of a block of outer folds
+    as one stacked model in this process, with torch using every core;
+    ``engine="loop"`` trains one model at a time (the trusted reference path,
+    and the fallback for heads that cannot be stacked). ``n_jobs`` matters
+    for the loop only: that many fits run in parallel worker processes
+    (``backend="loky"``) or threads, each with ``cores // n_jobs`` torch threads.
+    """
 
     task: str
     model: str
@@ -36,9 +45,11 @@ class CVSettings:
     n_tiles: int | None = 1000
     tile_sampling: str = "random"
     seed: int = 0
+    engine: str = "batched"
     n_jobs: int = 1
     backend: str = "loky"
     device: str = "cpu"
+    feature_dtype: str = "float32"
     encoder: str = ""
     features_dir: str = ""
     cohort_path: str = ""
@@ -47,6 +58,8 @@ class CVSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r}; choose one of {MODES}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine {self.engine!r}; choose one of {ENGINES}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r}; choose one of {BACKENDS}")
         for name, values in self.grid.items():
@@ -54,9 +67,11 @@ class CVSettings:
                 raise ConfigError(f"grid.{name} must be a non-empty list, got {values!r}")
 
     def fingerprint(self) -> dict:
-        """Settings that change results (not n_jobs / backend / paths)."""
+        """Settings that change results (not the engine, n_jobs, backend, paths: a run
+        may resume with another engine, whose results agree to float rounding)."""
         d = asdict(self)
-        for k in ("n_jobs", "backend", "device", "save_models", "features_dir", "cohort_path", "encoder"):
+        for k in ("engine", "n_jobs", "backend", "device", "save_models", "features_dir", "cohort_path",
+                  "encoder"):
             d.pop(k)
         return json.loads(json.dumps(d, default=str))
 

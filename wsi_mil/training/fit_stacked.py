@@ -1,0 +1,306 @@
+"""Many fits of one head trained together as one stacked model.
+
+The models form a grid ``(G, S)``: S *streams* (a training set, an optional
+validation set and a seed, e.g. the inner folds of an outer fold) times G
+rows (e.g. grid points of learning rate x weight decay). Model ``(g, s)``
+trains on stream s with its own learning rate, weight decay and number of
+epochs. Everything random comes from the stream's seed exactly as in
+:func:`wsi_mil.training.fit.fit`: the same initial weights, the same
+minibatch order and the same tile samples, drawn from the same numpy
+generator in the same order. So the G models of a stream share one batch
+assembly per step, and every model sees what its one-at-a-time fit would see
+(:func:`fit_stacked` == :func:`~wsi_mil.training.fit.fit` per model, to
+float rounding; tested). Only dropout masks differ: torch draws them for
+the whole stacked batch.
+
+Per step: one padded batch per stream ``(S, B, N, D)`` from the packed
+store, the G x S models' forward and backward over the folded batch (in
+chunks of rows when the folded batch would exceed ``chunk_bytes``), one
+:class:`~wsi_mil.training.stacked.StackedAdam` step for all models that have
+a batch this step and epochs left. After each epoch, every model scores its
+stream's validation slides (the same tile samples every epoch, as
+:func:`~wsi_mil.training.fit.predict`) -> curves ``(G, S, epochs)``.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsi_mil.data.bags import BagStore, BatchBuffer, Pick, assemble, pick_tiles
+from wsi_mil.evaluation.metrics import MetricWarning
+from wsi_mil.models.base import trusted_inputs
+from wsi_mil.training.fit import FitParams, Targets, create_head, outputs_to_scores
+from wsi_mil.training.losses import cox_loss
+from wsi_mil.training.stacked import StackedAdam, StackedHeads, stackable
+
+#: the folded batch of one chunk of rows stays under this many bytes
+CHUNK_BYTES = 256 * 2**20
+#: validation batches are assembled once and kept when they fit in this many bytes
+EVAL_CACHE_BYTES = 256 * 2**20
+EVAL_SEED = 7919  # as fit.predict: rng = default_rng([seed, 7919])
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Training slides, optional validation slides and the seed of one data stream."""
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray | None
+    seed: int
+
+
+@dataclass
+class StackedFitResult:
+    stacked: StackedHeads
+    curves: np.ndarray  # (G, S, E): validation metric after each epoch, NaN where none
+    n_rows: int
+    n_streams: int
+    seconds: float
+    timings: dict[str, float]
+    seeds: list[int]
+
+    def state_dict(self, g: int, s: int) -> dict[str, torch.Tensor]:
+        return self.stacked.state_dict_of(g * self.n_streams + s)
+
+
+def can_stack(params: FitParams, in_dim: int, n_outputs: int) -> tuple[bool, str]:
+    """Whether ``params.model`` can be trained stacked, and why not."""
+    return stackable(create_head(params, in_dim, n_outputs))
+
+
+def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], params: FitParams,
+                lr: np.ndarray, weight_decay: np.ndarray, epochs: np.ndarray,
+                progress: Callable[[int, int], None] | None = None,
+                chunk_bytes: int = CHUNK_BYTES) -> StackedFitResult:
+    """Train the ``(G, S)`` models; ``lr``, ``weight_decay``, ``epochs`` are ``(G, S)``.
+
+    ``params`` gives the head, its hyperparameters, batch size and tile
+    sampling (its lr / weight decay / epochs / seed are ignored: per model
+    and per stream here). ``progress(epoch, max_epochs)`` is called after
+    each epoch.
+    """
+    t0 = time.perf_counter()
+    lr, weight_decay = np.asarray(lr, dtype=float), np.asarray(weight_decay, dtype=float)
+    epochs = np.asarray(epochs, dtype=int)
+    n_rows, n_streams = epochs.shape
+    heads = [create_head(_with_seed(params, streams[s].seed), store.dim, targets.n_outputs)
+             for _ in range(n_rows) for s in range(n_streams)]
+    stacked = StackedHeads(heads).to(params.device)
+    del heads
+    opt = StackedAdam(list(stacked.parameters()), torch.from_numpy(lr.reshape(-1)),
+                      torch.from_numpy(weight_decay.reshape(-1)))
+    rngs = [np.random.default_rng(st.seed) for st in streams]
+    torch_seeds = [int(r.integers(2**31)) for r in rngs]  # as fit(): keeps the generators aligned
+    torch.manual_seed(torch_seeds[0])  # dropout (not per model: one draw for the stacked batch)
+    pooled = bool(getattr(stacked.head, "pools_by_mean", False))
+    buffer = BatchBuffer()
+    evaluator = _Evaluator(store, targets, streams, params, pooled, n_rows, chunk_bytes)
+    max_epochs = int(epochs.max())
+    curves = np.full((n_rows, n_streams, max_epochs), np.nan)
+    timings = {"assemble": 0.0, "train": 0.0, "optimizer": 0.0, "evaluate": 0.0}
+    for epoch in range(max_epochs):
+        active = epoch < epochs  # (G, S)
+        alive = active.any(axis=0)  # (S,)
+        batches = [_epoch_batches(rngs[s], streams[s].train_idx, params.batch_size) if alive[s] else []
+                   for s in range(n_streams)]
+        stacked.train()
+        for step in range(max(len(b) for b in batches)):
+            ta = time.perf_counter()
+            picks: list[list[Pick | None]] = []
+            idx: list[np.ndarray] = []
+            for s in range(n_streams):
+                if step < len(batches[s]):
+                    b = batches[s][step]
+                    picks.append(pick_tiles(store, b, params.n_tiles, rngs[s], params.tile_sampling))
+                    idx.append(b)
+                else:
+                    picks.append([])
+                    idx.append(np.zeros(0, dtype=np.int64))
+            x, mask = assemble(store, picks, buffer, pooled)  # (S, B, N, D), (S, B, N)
+            step_active = active & np.array([len(i) > 0 for i in idx])[None, :]  # (G, S)
+            tb = time.perf_counter()
+            opt.zero_grad()
+            _train_step(stacked, targets, x.to(params.device), mask.to(params.device), idx, step_active,
+                        chunk_bytes)
+            tc = time.perf_counter()
+            opt.step(torch.from_numpy(step_active.reshape(-1)))
+            td = time.perf_counter()
+            timings["assemble"] += tb - ta
+            timings["train"] += tc - tb
+            timings["optimizer"] += td - tc
+        te = time.perf_counter()
+        if evaluator.has_val:
+            curves[:, :, epoch] = np.where(active, evaluator.curve(stacked), np.nan)
+        timings["evaluate"] += time.perf_counter() - te
+        if progress is not None:
+            progress(epoch + 1, max_epochs)
+    return StackedFitResult(stacked, curves, n_rows, n_streams, time.perf_counter() - t0, timings,
+                            [int(st.seed) for st in streams])
+
+
+def predict_stacked(result: StackedFitResult, store: BagStore, targets: Targets,
+                    idx: Sequence[np.ndarray], params: FitParams) -> list[list[np.ndarray]]:
+    """Scores ``[g][s]`` of model (g, s) on slides ``idx[s]`` (tile samples as ``fit.predict``)."""
+    streams = [Stream(np.zeros(0, dtype=np.int64), np.asarray(i), seed=result.seeds[s])
+               for s, i in enumerate(idx)]
+    pooled = bool(getattr(result.stacked.head, "pools_by_mean", False))
+    return _Evaluator(store, targets, streams, params, pooled, result.n_rows, CHUNK_BYTES).scores(result.stacked)
+
+
+def _with_seed(params: FitParams, seed: int) -> FitParams:
+    return replace(params, seed=seed)
+
+
+def _epoch_batches(rng: np.random.Generator, train_idx: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """This epoch's minibatches, drawn as fit() draws them (last incomplete batch dropped)."""
+    order = rng.permutation(np.asarray(train_idx))
+    n_full = len(order) // batch_size
+    n_batches = n_full if n_full >= 1 else 1
+    return [order[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)]
+
+
+def _row_chunks(n_rows: int, bytes_per_row: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    per = max(1, min(n_rows, chunk_bytes // max(1, bytes_per_row)))
+    return [(lo, min(n_rows, lo + per)) for lo in range(0, n_rows, per)]
+
+
+def _fold(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``(S, B, ...)`` -> ``(rows * S * B, ...)``: the batch repeated for each row of models."""
+    flat = x.reshape(-1, *x.shape[2:])
+    if rows == 1:
+        return flat
+    return flat.unsqueeze(0).expand(rows, *flat.shape).reshape(-1, *flat.shape[1:])
+
+
+def _train_step(stacked: StackedHeads, targets: Targets, x: torch.Tensor, mask: torch.Tensor,
+                idx: list[np.ndarray], step_active: np.ndarray, chunk_bytes: int) -> None:
+    """Forward + backward of every active model on its stream's batch (gradients accumulate)."""
+    n_rows, n_streams = step_active.shape
+    width = x.shape[1]
+    valid = torch.zeros(n_streams, width, dtype=torch.bool)
+    for s, i in enumerate(idx):
+        valid[s, : len(i)] = True
+    tgt = _stacked_targets(targets, idx, width)
+    row_bytes = x.numel() * x.element_size()
+    with trusted_inputs():
+        for lo, hi in _row_chunks(n_rows, row_bytes, chunk_bytes):
+            act = torch.from_numpy(step_active[lo:hi])  # (g, S)
+            if not bool(act.any()):
+                continue
+            with stacked.models(lo * n_streams, hi * n_streams):
+                out = stacked(_fold(x, hi - lo), _fold(mask, hi - lo))  # (g * S * B, C)
+            out = out.view(hi - lo, n_streams, width, -1)  # (g, S, B, C)
+            losses = _losses(targets, out, tgt, valid, idx)  # (g, S)
+            loss = (losses * act.to(losses.dtype)).sum()
+            loss.backward()
+
+
+def _stacked_targets(targets: Targets, idx: list[np.ndarray], width: int) -> dict[str, torch.Tensor]:
+    if targets.task == "survival":
+        return {}
+    y = torch.zeros(len(idx), width, dtype=torch.long)
+    for s, i in enumerate(idx):
+        y[s, : len(i)] = torch.from_numpy(targets.y[i]).long()
+    return {"y": y}
+
+
+def _losses(targets: Targets, out: torch.Tensor, tgt: dict, valid: torch.Tensor,
+            idx: list[np.ndarray]) -> torch.Tensor:
+    """Per-model loss ``(g, S)``: the mean over the stream's real bags, as ``make_loss``."""
+    g, n_streams, width, n_out = out.shape
+    if targets.task == "survival":
+        rows = []
+        for r in range(g):
+            row = []
+            for s, i in enumerate(idx):
+                if len(i) == 0:
+                    row.append(out.new_zeros(()))
+                    continue
+                t, e = torch.from_numpy(targets.time[i]), torch.from_numpy(targets.event[i])
+                row.append(cox_loss(out[r, s, : len(i), 0], t, e))
+            rows.append(torch.stack(row))
+        return torch.stack(rows)
+    y = tgt["y"].unsqueeze(0).expand(g, n_streams, width)  # (g, S, B)
+    if n_out == 1:
+        per_bag = F.binary_cross_entropy_with_logits(out[..., 0], y.to(out.dtype), reduction="none")
+    else:
+        per_bag = F.cross_entropy(out.reshape(-1, n_out), y.reshape(-1), reduction="none").view(g, n_streams, width)
+    w = valid.to(out.dtype).unsqueeze(0)  # (1, S, B)
+    return (per_bag * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+
+
+class _Evaluator:
+    """Scores of every model on its stream's validation slides, same tile samples each call."""
+
+    def __init__(self, store: BagStore, targets: Targets, streams: Sequence[Stream], params: FitParams,
+                 pooled: bool, n_rows: int, chunk_bytes: int) -> None:
+        self.store, self.targets, self.pooled, self.n_rows = store, targets, pooled, n_rows
+        self.chunk_bytes = chunk_bytes
+        self.val = [np.zeros(0, dtype=np.int64) if st.val_idx is None else np.asarray(st.val_idx)
+                    for st in streams]
+        self.has_val = any(len(v) for v in self.val)
+        bs = params.batch_size
+        # one generator per stream and call, as fit.predict: picks are fixed, draw them once
+        self.steps: list[list[list[Pick]]] = []  # [s][chunk] -> picks
+        for st, v in zip(streams, self.val, strict=True):
+            rng = np.random.default_rng([st.seed, EVAL_SEED])
+            self.steps.append([pick_tiles(store, v[lo:lo + bs], params.n_tiles, rng, params.tile_sampling)
+                               for lo in range(0, len(v), bs)])
+        self.n_steps = max((len(c) for c in self.steps), default=0)
+        self.device = params.device
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._buffer = BatchBuffer()
+        tiles = sum(1 if pooled else (int(store.n_tiles[i]) if t is None else len(t))
+                    for c in self.steps for p in c for i, t in p)
+        self._cacheable = tiles * store.dim * 4 <= EVAL_CACHE_BYTES
+
+    def _batches(self):
+        if self._cache is not None:
+            yield from self._cache
+            return
+        cache = [] if self._cacheable else None
+        for k in range(self.n_steps):
+            picks = [c[k] if k < len(c) else [] for c in self.steps]
+            x, mask = assemble(self.store, picks, None if self._cacheable else self._buffer, self.pooled)
+            if cache is not None:
+                cache.append((x, mask))
+            yield x, mask
+        self._cache = cache
+
+    @torch.no_grad()
+    def scores(self, stacked: StackedHeads) -> list[list[np.ndarray]]:
+        n_streams = len(self.steps)
+        parts: list[list[list[np.ndarray]]] = [[[] for _ in range(n_streams)] for _ in range(self.n_rows)]
+        stacked.eval()
+        with trusted_inputs():
+            for k, (x, mask) in enumerate(self._batches()):
+                x, mask = x.to(self.device), mask.to(self.device)
+                width = x.shape[1]
+                for lo, hi in _row_chunks(self.n_rows, x.numel() * x.element_size(), self.chunk_bytes):
+                    with stacked.models(lo * n_streams, hi * n_streams):
+                        out = stacked(_fold(x, hi - lo), _fold(mask, hi - lo))
+                    out = out.view(hi - lo, n_streams, width, -1)
+                    for r in range(hi - lo):
+                        for s in range(n_streams):
+                            if k < len(self.steps[s]):
+                                n = len(self.steps[s][k])
+                                parts[lo + r][s].append(outputs_to_scores(out[r, s, :n], self.targets.task))
+        return [[np.concatenate(p) if p else np.zeros(0) for p in row] for row in parts]
+
+    def curve(self, stacked: StackedHeads) -> np.ndarray:
+        """Validation metric ``(G, S)`` of every model now."""
+        scores = self.scores(stacked)
+        out = np.full((self.n_rows, len(self.steps)), np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MetricWarning)
+            for g in range(self.n_rows):
+                for s, v in enumerate(self.val):
+                    if len(v):
+                        out[g, s] = self.targets.score(v, scores[g][s])
+        return out

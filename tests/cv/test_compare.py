@@ -11,7 +11,7 @@ from wsi_mil.cv.settings import CVSettings
 from wsi_mil.data.cohort import make_cohort
 from wsi_mil.data.folds import make_fold_plan
 from wsi_mil.errors import ConfigError, FileFormatError, FoldPlanMismatchError
-from wsi_mil.evaluation.metrics import auc
+from wsi_mil.evaluation.metrics import auc, c_index
 from wsi_mil.io.atomic import write_json_atomic
 
 
@@ -141,3 +141,33 @@ def test_delong_gives_no_p_value_when_every_fold_is_perfectly_separated(tmp_path
     inverted = _run(tmp_path, cohort, plan, lambda i: -y[i], "inverted")
     pair = compare_runs([perfect, inverted], n_boot=200).pairs.iloc[0]
     assert pair["diff"] == 1.0 and np.isnan(pair.p_delong)
+
+
+def test_survival_and_multiclass_runs_are_compared_by_bootstrap_and_corrected_t_without_delong(tmp_path):
+    rng = np.random.default_rng(6)
+    n = 60
+    risk = rng.normal(size=n)
+    df = pd.DataFrame({"slide_id": [f"s{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                       "time": np.ceil(rng.exponential(10 * np.exp(-risk))), "event": rng.integers(0, 2, n)})
+    cohort = make_cohort(df, "survival", name="toy")
+    plan = make_fold_plan(cohort, 4, 0, 1, seed=0)
+    runs = []
+    for name, noise in (("sharp", 0.2), ("blurred", 3.0)):
+        run = tmp_path / name
+        plan.save(run / "fold_plan.json")
+        for k, fold in enumerate(plan.repeats[0]):
+            t = fold.test
+            score = risk[t] + noise * rng.normal(size=t.size)
+            preds = {"slide_id": df.slide_id[t].tolist(), "patient_id": df.patient_id[t].tolist(),
+                     "repeat": [0] * t.size, "outer_fold": [k] * t.size, "time": cohort.time[t].tolist(),
+                     "event": cohort.event[t].tolist(), "score": score.tolist()}
+            row = {"repeat": 0, "outer_fold": k, "c_index": c_index(cohort.time[t], score, cohort.event[t]),
+                   "n_train": int(fold.train.size), "n_test": int(t.size)}
+            write_json_atomic(fold_path(run, 0, k), {"row": row, "predictions": preds, "settings": {}})
+        aggregate(run, cohort, plan, CVSettings("survival", name, mode="kfold"), "c_index", 0.0)
+        runs.append(read_run(run, name))
+    comp = compare_runs(runs, n_boot=300)
+    pair = comp.pairs.iloc[0]
+    assert comp.metric == "c_index" and comp.runs.run.tolist() == ["sharp", "blurred"]
+    assert np.isnan(pair.p_delong) and 0 <= pair.p_bootstrap <= 1 and 0 <= pair.p_corrected_t <= 1
+    assert pair.diff_low <= pair["diff"] <= pair.diff_high

@@ -58,9 +58,6 @@ class Interval:
     level: float
     method: str
 
-    def as_dict(self, prefix: str = "ci95") -> dict[str, float | str]:
-        return {f"{prefix}_low": self.low, f"{prefix}_high": self.high, "ci_method": self.method}
-
 
 @dataclass(frozen=True)
 class _Form:

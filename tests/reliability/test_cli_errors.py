@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from wsi_mil.cli.common import exit_on_error
+from wsi_mil.cli.common import configure_logging, exit_on_error
 from wsi_mil.errors import FileFormatError
 from wsi_mil.io.features import write_features
 from wsi_mil.reports.tile_scores import load_fold_model
@@ -98,6 +98,7 @@ def test_a_read_only_output_folder_is_a_usage_error_naming_it(tmp_path, cmu_slid
 def test_os_and_unexpected_errors_become_one_line_and_an_exit_code(capsys, error, code, text):
     @exit_on_error
     def command(cfg):
+        configure_logging(level="INFO")  # as setup_run: a stderr sink is there
         raise error
 
     with pytest.raises(SystemExit) as exit_info:

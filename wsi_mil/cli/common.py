@@ -113,18 +113,20 @@ def describe_error(err: BaseException) -> tuple[int, str]:
         return 2, f"missing mandatory key {key!r}: give {key}=<value> on the command line"
     if isinstance(err, OmegaConfBaseException):
         key = getattr(err, "full_key", None)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         return 2, f"config error{f' in key {key!r}' if key else ''}: {first}"
+    first = (str(err).strip().splitlines() or [""])[0]
     if isinstance(err, OSError):
-        where = err.filename if err.filename is not None else "?"
+        if err.filename is None:  # e.g. from a C library: its message is all there is
+            return 1, f"{type(err).__name__}: {first}; check the files and the disk"
+        where = str(err.filename)
         if err.filename2 is not None:
             where = f"{err.filename} -> {err.filename2}"
-        code, what, fix = _OS_ERRORS.get(err.errno, (1, "{f}: " + (err.strerror or str(err)),
+        code, what, fix = _OS_ERRORS.get(err.errno, (1, "{f}: " + (err.strerror or first),
                                                      "check the file and the disk"))
-        return code, f"{type(err).__name__}: {what.format(f=where)}; {fix}"
-    return 1, (f"unexpected {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-               f" (a bug? the traceback is in the command's log file; set "
-               f"{TRACEBACK_ENV}=1 to print it)")
+        return code, f"{type(err).__name__}: {what.replace('{f}', where)}; {fix}"
+    return 1, (f"unexpected {type(err).__name__}: {first} (a bug? the traceback is in the "
+               f"command's log file; set {TRACEBACK_ENV}=1 to print it)")
 
 
 TRACEBACK_ENV = "WSI_MIL_TRACEBACK"
@@ -202,15 +204,16 @@ def exit_on_error(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             cfg = args[0] if args else None
-            if isinstance(cfg, DictConfig):
-                check_config(cfg, _package_defaults(cfg))
+            defaults = _package_defaults(cfg) if isinstance(cfg, DictConfig) else None
+            if defaults is not None:  # a package app (tools/ check their stage section later)
+                check_config(cfg, defaults)
             return func(*args, **kwargs)
         except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - the entry point's last word
             code, message = describe_error(err)
-            logger.opt(exception=err).debug("traceback of the error below")
-            logger.error("{}", message)
+            # to the log file (DEBUG) with its traceback; stderr gets the one line below
+            logger.opt(exception=err).debug("error: {}", message)
             if os.environ.get(TRACEBACK_ENV):
                 traceback.print_exc()
             print(f"error: {message}", file=sys.stderr)

@@ -91,11 +91,14 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _missing_coords_reason(cpath: Path, coords_folder: Path, slide_id: str) -> str:
-    """Why a slide has no coords file: the tiling ledger's reason when tiling failed."""
+def _missing_coords_reason(cpath: Path, coords_folder: Path, slide_id: str,
+                           tiling_rows: dict) -> str:
+    """Why a slide has no coords file: the tiling ledger's reason when tiling failed.
+    ``tiling_rows``: a cache, filled on first use with the tiling ledger's rows."""
     tiling_ledger = coords_folder.parent / LEDGER_NAME
-    row = StatusLedger(coords_folder.parent).rows.get(slide_id) if tiling_ledger.is_file() \
-        else None
+    if not tiling_rows and tiling_ledger.is_file():
+        tiling_rows.update(StatusLedger(coords_folder.parent).rows)
+    row = tiling_rows.get(slide_id)
     if row is not None and row.status == "failed":
         return (f"tiling of this slide failed: {row.reason} (see {tiling_ledger}); fix it and "
                 "rerun `wsi-mil tile`")
@@ -282,6 +285,7 @@ def run_extraction(
     # -- plan: read coords, decide done / todo / stale for every slide -------------------
     slides: list[_Slide] = []
     failures: dict[str, str] = {}
+    tiling_rows: dict = {}
     tiling = None
     for pos, rec in enumerate(table.itertuples(index=False)):
         sid = str(rec.slide_id)
@@ -290,7 +294,7 @@ def run_extraction(
         try:
             cf = read_coords(cpath) if cpath.exists() else None
             if cf is None:
-                raise ConfigError(_missing_coords_reason(cpath, coords_folder, sid))
+                raise ConfigError(_missing_coords_reason(cpath, coords_folder, sid, tiling_rows))
             if len(cf.coords) == 0:
                 raise ConfigError(f"coords file {cpath} has no tile")
             slide.coords, slide.coords_level0 = cf.coords, cf.coords_level0

@@ -1,22 +1,25 @@
-"""Benchmark the nested CV engine: wall time and memory of a full 5 x 5 nested CV.
+"""Benchmark the nested-CV engines: engine=batched against engine=loop on identical work.
 
-Default workload (issue 5): 200 slides x 1,000 tiles x 768-d synthetic features
-(float16 in memory), 4-point grid (lr {1e-3, 1e-4} x wd {0, 1e-4}), 5 outer x
-5 inner folds, 20 epochs, for MeanPool and ABMIL. Prints, per head: wall time,
-number of fits, peak memory of the whole process tree (sum of PSS, so pages of
-the shared memory-mapped feature array count once; and sum of RSS), and the
-ratio to the feature bytes; target: peak <= 1.3 x feature bytes + 1 GB.
+Workloads (synthetic features with a planted signal, classification):
 
-``--time-fits`` is for machines too small or too busy to run it: it runs
-``n_jobs`` inner fits in parallel worker processes (memory-mapped features,
-as the real run) and then one refit, measures each fit's CPU seconds
-(``time.process_time`` inside the worker: independent of other load on the
-machine) and the tree memory, and extrapolates the full nested CV:
-CPU = n_outer * (n_grid * n_inner * cpu_inner + cpu_refit); wall on an
-otherwise idle machine ~= CPU / n_jobs (one torch thread per fit).
+- default (issue 10): 200 slides x 1,000 tiles x 768-d, 5 x 5 nested, 4-point
+  grid (lr {1e-3, 1e-4} x wd {0, 1e-4}), batch 16. For each head, both engines
+  run the *same* unit of work, outer fold 0 of the same plan (20 inner fits +
+  1 refit, same seeds, minibatches and tile samples), one after the other in
+  this process; the ratio loop / batched is printed, with the batched engine's
+  time split (batch assembly, train steps, optimizer, per-epoch evaluation),
+  its achieved matmul throughput (FLOPs of the head counted by
+  ``torch.utils.flop_counter`` on one epoch, forward + backward, scaled by the
+  epochs run) against a plain ``torch.bmm`` of the first layer's shapes
+  timed in the same run, and its peak memory (PSS of the process) against
+  1.3 x feature bytes + 1 GB. ``--full`` also runs the whole nested CV
+  end to end with the batched engine.
+- ``--small`` (issue 10): 100 bags x 5-50 instances x 128-d, ABMIL at the
+  defaults (50 epochs): the whole nested CV end to end with each engine.
 
-    nice python dev_tools/bench_cv.py --n-jobs 2
-    nice python dev_tools/bench_cv.py --models abmil --time-fits
+    python dev_tools/bench_cv.py --models meanpool --epochs 50 --full
+    python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3
+    python dev_tools/bench_cv.py --small
 """
 from __future__ import annotations
 
@@ -87,14 +90,62 @@ class PeakMemory:
         self._thread.join()
 
 
-def _timed_fit(store, targets, train, val, params, n_threads: int) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of one fit, measured inside the worker."""
-    from wsi_mil.training.fit import fit
+def _bmm_gflops(streams: int, rows: int, dim: int, width: int, repeats: int = 3) -> float:
+    """GFLOP/s of torch.bmm forward + weight gradient on the first layer's shapes."""
+    x, w = torch.randn(streams, rows, dim), torch.randn(streams, dim, width)
+    g = torch.randn(streams, rows, width)
+    torch.bmm(x, w)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.bmm(x, w)
+        torch.bmm(x.transpose(1, 2), g)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2 * streams * rows * dim * width / best / 1e9
 
-    torch.set_num_threads(n_threads)
-    cpu, wall = time.process_time(), time.perf_counter()
-    fit(store, targets, train, params, val_idx=val)
-    return time.process_time() - cpu, time.perf_counter() - wall
+
+def _count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _one_fold(run, engine_fn) -> float:
+    t = time.perf_counter()
+    engine_fn(run, [(0, 0)])
+    return time.perf_counter() - t
+
+
+def _make_run(cohort, store, plan, settings, run_dir):
+    from wsi_mil.cv.engine import CVRun
+    from wsi_mil.cv.settings import _data_fingerprint, grid_points
+    from wsi_mil.training.fit import Targets
+
+    fp = {**settings.fingerprint(), "data": _data_fingerprint(cohort, plan, settings)}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return CVRun(cohort, store, plan, settings, Targets.from_cohort(cohort), grid_points(settings), Path(run_dir), fp)
+
+
+def _flops_per_fold(run, epochs_refit: int) -> float:
+    """Head FLOPs of outer fold 0 (inner block + refit), counted on one epoch and scaled."""
+    from wsi_mil.cv.engine import Stream, _inner_block
+    from wsi_mil.training.fit_stacked import fit_stacked
+
+    one = _make_run(run.cohort, run.store, run.plan, _replace(run.settings, epochs=1), run.run_dir / "flops")
+    inner = _count_flops(lambda: _inner_block(one, [(0, 0)], "flop count")) if run.settings.mode == "nested" else 0.0
+    fold = run.plan.repeats[0][0]
+    params = one.params(one.points[0], 1, 0)
+    refit = _count_flops(lambda: fit_stacked(run.store, run.targets, [Stream(fold.train, None, 1)], params,
+                                             np.array([[1e-3]]), np.array([[0.0]]), np.array([[1]])))
+    return inner * run.settings.epochs + refit * epochs_refit
+
+
+def _replace(settings, **kw):
+    from dataclasses import replace
+
+    return replace(settings, **kw)
 
 
 def main() -> None:
@@ -103,96 +154,110 @@ def main() -> None:
     ap.add_argument("--slides", type=int, default=200)
     ap.add_argument("--tiles", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=768)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--outer", type=int, default=5)
     ap.add_argument("--inner", type=int, default=5)
-    ap.add_argument("--n-jobs", type=int, default=2)
-    ap.add_argument("--backend", default="loky", choices=["loky", "threading"])
-    ap.add_argument("--time-fits", action="store_true", help="time one inner fit + one refit and extrapolate")
-    ap.add_argument("--measure-epochs", type=int, default=None,
-                    help="--time-fits: run fits this long and scale CPU linearly to --epochs")
+    ap.add_argument("--full", action="store_true", help="also the whole nested CV, batched engine, end to end")
+    ap.add_argument("--no-loop", action="store_true", help="skip the loop engine (no ratio)")
+    ap.add_argument("--small", action="store_true", help="100 bags x 5-50 x 128-d, ABMIL, whole CV, both engines")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     from loguru import logger
 
-    logger.enable("wsi_mil")  # progress lines on stderr
+    logger.enable("wsi_mil")
+    logger.remove()
+    import sys
 
-    from wsi_mil.cv.engine import CVSettings, available_cores, grid_points, run_cv
+    logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")
+
+    from wsi_mil.cv.engine import CVSettings, _run_batched, _run_loop, available_cores, run_cv
     from wsi_mil.data.bags import BagStore
     from wsi_mil.data.cohort import read_cohort
     from wsi_mil.data.folds import make_fold_plan
     from wsi_mil.testing.synthetic_cohort import write_synthetic_cohort
-    from wsi_mil.training.fit import FitParams, Targets
 
-    base_pss, base_rss = _tree_memory_bytes()
-    print(f"baseline (python + torch, no features, no workers): PSS {base_pss / 2**20:.0f} MiB")
+    torch.set_num_threads(available_cores())
+    base_pss, _ = _tree_memory_bytes()
+    print(f"cores {available_cores()}, torch threads {torch.get_num_threads()}; "
+          f"python + torch baseline PSS {base_pss / 2**20:.0f} MiB")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cv_"))
-    t0 = time.perf_counter()
-    if (work / "data" / "cohort.csv").exists():  # reuse a --workdir from a previous run
-        cohort_csv, features_dir = work / "data" / "cohort.csv", work / "data" / "features"
-        print(f"reusing synthetic cohort in {work}")
+    if args.small:
+        args.slides, args.dim, args.models = 100, 128, ["abmil"]
+    tag = "small" if args.small else f"{args.slides}x{args.tiles}x{args.dim}"
+    data = work / f"data_{tag}"
+    if (data / "cohort.csv").exists():
+        cohort_csv, features_dir = data / "cohort.csv", data / "features"
     else:
-        syn = write_synthetic_cohort(work / "data", n_patients=args.slides // 2, slides_per_patient=(2, 2),
-                                     n_tiles=(args.tiles, args.tiles), dim=args.dim, seed=0)
+        t0 = time.perf_counter()
+        n_tiles = (5, 50) if args.small else (args.tiles, args.tiles)
+        syn = write_synthetic_cohort(data, n_patients=args.slides // 2, slides_per_patient=(2, 2),
+                                     n_tiles=n_tiles, dim=args.dim, seed=0)
         cohort_csv, features_dir = syn.cohort_csv, syn.features_dir
-        print(f"synthetic cohort: {args.slides} slides x {args.tiles} tiles x {args.dim} "
-              f"written in {time.perf_counter() - t0:.1f}s -> {work}")
+        print(f"synthetic cohort {tag} written in {time.perf_counter() - t0:.0f} s")
     cohort = read_cohort(cohort_csv, "classification")
     plan = make_fold_plan(cohort, args.outer, args.inner, 1, seed=0)
-    print(f"cores: {available_cores()}, n_jobs: {args.n_jobs}, backend: {args.backend}, "
-          f"torch threads per fit: {max(1, available_cores() // args.n_jobs)}")
+    store = BagStore.from_dir(features_dir, cohort.slide_ids)
+    feat = store.nbytes
+    print(f"features {feat / 2**20:.0f} MiB ({store.features.dtype}); memory target "
+          f"<= 1.3 x features + 1 GiB = {(1.3 * feat + 2**30) / 2**20:.0f} MiB")
     for model in args.models:
-        settings = CVSettings("classification", model, epochs=args.epochs, batch_size=16,
-                              n_tiles=args.tiles, n_jobs=args.n_jobs, backend=args.backend)
-        n_grid = len(grid_points(settings))
-        n_fits = args.outer * (n_grid * args.inner + 1)
-        memmap = work / f"{model}_features.npy" if args.n_jobs > 1 and args.backend == "loky" else None
-        with PeakMemory() as mem:
-            t_load = time.perf_counter()
-            store = BagStore.from_dir(features_dir, cohort.slide_ids, memmap_path=memmap)
-            t_load = time.perf_counter() - t_load
-            t = time.perf_counter()
-            if args.time_fits:
-                from joblib import Parallel, delayed
-
-                threads = max(1, available_cores() // args.n_jobs)
-                targets = Targets.from_cohort(cohort)
-                fold = plan.repeats[0][0]
-                run_epochs = args.measure_epochs or args.epochs
-                scale = args.epochs / run_epochs
-                params = FitParams(model, lr=1e-3, epochs=run_epochs, batch_size=16, n_tiles=args.tiles)
-                warm = FitParams(model, lr=1e-3, epochs=1, batch_size=2, n_tiles=args.tiles)
-                Parallel(n_jobs=args.n_jobs, backend=args.backend)(  # imports, allocator, page cache
-                    delayed(_timed_fit)(store, targets, fold.train[:4], None, warm, threads)
-                    for _ in range(args.n_jobs))
-                inner = Parallel(n_jobs=args.n_jobs, backend=args.backend)(
-                    delayed(_timed_fit)(store, targets, tr, va, params, threads)
-                    for tr, va in fold.inner[: args.n_jobs]
-                )
-                refit = Parallel(n_jobs=args.n_jobs, backend=args.backend)(
-                    [delayed(_timed_fit)(store, targets, fold.train, None, params, threads)])[0]
-                cpu_inner = float(np.mean([c for c, _ in inner])) * scale
-                cpu_refit = refit[0] * scale
-                cpu = args.outer * (n_grid * args.inner * cpu_inner + cpu_refit)
-                wall = cpu / args.n_jobs
-                what = (f"EXTRAPOLATED to an idle machine from {len(inner)} parallel inner fits of "
-                        f"{run_epochs} epochs (CPU {cpu_inner:.1f}s each at {args.epochs} epochs, wall "
-                        f"{np.mean([w for _, w in inner]):.1f}s here) + 1 refit (CPU {cpu_refit:.1f}s); "
-                        f"total CPU {cpu:.0f}s")
-            else:
-                result = run_cv(cohort, store, plan, settings, work / f"run_{model}")
+        settings = CVSettings("classification", model, epochs=args.epochs, batch_size=16, n_tiles=args.tiles)
+        if args.small:
+            for engine in ("batched", "loop"):
+                if engine == "loop" and args.no_loop:
+                    continue
+                out = work / f"small_{engine}"
+                shutil.rmtree(out, ignore_errors=True)
+                t = time.perf_counter()
+                res = run_cv(cohort, store, plan, _replace(settings, engine=engine), out)
                 wall = time.perf_counter() - t
-                what = f"measured; mean AUC {result.summary['mean']:.3f}"
-        feat = store.nbytes
-        budget = 1.3 * feat + 2**30
-        print(f"[{model}] nested {args.outer}x{args.inner}, grid {n_grid}, {args.epochs} epochs, {n_fits} fits: "
-              f"wall {wall:.0f}s ({wall / 60:.1f} min) [{what}]; feature load {t_load:.1f}s")
-        print(f"[{model}] features {feat / 2**20:.0f} MiB; peak tree PSS {mem.peak_pss / 2**20:.0f} MiB "
-              f"(x{mem.peak_pss / feat:.2f} of features), peak tree RSS {mem.peak_rss / 2**20:.0f} MiB; "
-              f"target <= {budget / 2**20:.0f} MiB -> {'OK' if mem.peak_pss <= budget else 'OVER'}")
-        del store
-        if memmap is not None:
-            memmap.unlink(missing_ok=True)
+                print(f"[small {model} {engine}] whole nested {args.outer}x{args.inner}, {args.epochs} epochs: "
+                      f"wall {wall:.1f} s, mean AUC {res.summary['mean']:.3f}")
+                if engine == "batched":
+                    t_b = wall
+            if not args.no_loop:
+                print(f"[small {model}] loop / batched = {wall / t_b:.1f}x")
+            continue
+        root = work / f"run_{model}"
+        shutil.rmtree(root, ignore_errors=True)
+        run = _make_run(cohort, store, plan, settings, root / "batched")
+        with PeakMemory() as mem:
+            t_b = _one_fold(run, _run_batched)
+
+        import json
+
+        fold_json = json.loads((root / "batched" / "folds" / "r0_f0.json").read_text())
+        sel_epochs = int(fold_json["row"]["epochs"])
+        tm = dict(run.timings)
+        flops = _flops_per_fold(run, sel_epochs)
+        s_streams = args.inner
+        peak = _bmm_gflops(s_streams, 16 * args.tiles, args.dim, 128)
+        achieved = flops / t_b / 1e9
+        other = tm.get("assemble", 0) + tm.get("optimizer", 0)
+        print(f"[{model}] outer fold 0 ({len(run.points) * args.inner} inner fits + 1 refit, {args.epochs} epochs): batched {t_b:.1f} s")
+        print(f"[{model}]   split: assemble {tm.get('assemble', 0):.1f} s, train steps {tm.get('train', 0):.1f} s, "
+              f"optimizer {tm.get('optimizer', 0):.1f} s, evaluation {tm.get('evaluate', 0):.1f} s; "
+              f"assembly + optimizer = {100 * other / t_b:.0f}% of the run, evaluation "
+              f"{100 * tm.get('evaluate', 0) / t_b:.0f}% (its own forward passes included)")
+        print(f"[{model}]   head FLOPs {flops / 1e12:.2f} TFLOP -> {achieved:.1f} GFLOP/s; plain torch.bmm of "
+              f"the first layer's shapes ({s_streams} x {16 * args.tiles} x {args.dim} x 128, fwd + weight grad) "
+              f"{peak:.1f} GFLOP/s -> {100 * achieved / peak:.0f}% of it")
+        print(f"[{model}]   peak PSS {mem.peak_pss / 2**20:.0f} MiB (x{mem.peak_pss / feat:.2f} of features; "
+              f"target {(1.3 * feat + 2**30) / 2**20:.0f} MiB -> "
+              f"{'OK' if mem.peak_pss <= 1.3 * feat + 2**30 else 'OVER'})")
+        if not args.no_loop:
+            loop_run = _make_run(cohort, store, plan, _replace(settings, engine="loop"), root / "loop")
+            t_l = _one_fold(loop_run, _run_loop)
+            lj = json.loads((root / "loop" / "folds" / "r0_f0.json").read_text())
+            same = lj["row"]["epochs"] == fold_json["row"]["epochs"] and lj["row"]["lr"] == fold_json["row"]["lr"]
+            print(f"[{model}]   loop {t_l:.1f} s on the same fold -> loop / batched = {t_l / t_b:.1f}x; "
+                  f"same selection: {same}; test AUC batched {fold_json['row']['auc']:.4f}, "
+                  f"loop {lj['row']['auc']:.4f}")
+        if args.full:
+            t = time.perf_counter()
+            res = run_cv(cohort, store, plan, settings, root / "full")
+            print(f"[{model}] whole nested {args.outer}x{args.inner} CV, {args.epochs} epochs, batched: "
+                  f"wall {time.perf_counter() - t:.1f} s, mean AUC {res.summary['mean']:.3f}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -43,7 +43,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class CVRun:
     points: list[dict[str, Any]]
     run_dir: Path
     fingerprint: dict
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # batched engine, seconds
 
     def params(self, point: dict, epochs: int, seed: int) -> FitParams:
         s = self.settings
@@ -279,7 +280,8 @@ def _inner_block(run: CVRun, block: list[tuple[int, int]], label: str) -> dict[t
         for i, g in enumerate(rows):
             for st, (r, k, j) in enumerate(where):
                 curves[(r, k)][g, j] = result.curves[i, st]
-        logger.debug("{}: timings {}", label, {k: round(v, 2) for k, v in result.timings.items()})
+        for name, sec in result.timings.items():
+            run.timings[name] += sec
     logger.info("{}: done in {:.1f} s", label, time.perf_counter() - t0)
     return curves
 
@@ -300,6 +302,8 @@ def _refits_batched(run: CVRun, pending: list[tuple[int, int]], selections: dict
         label = f"outer refits ({len(folds)} model(s))"
         logger.info("{}: epochs {}", label, epochs[0].tolist())
         result = fit_stacked(run.store, run.targets, streams, params, lr, wd, epochs, progress=_Progress(label))
+        for name, sec in result.timings.items():
+            run.timings[name] += sec
         tests = predict_stacked(result, run.store, run.targets,
                                 [run.plan.repeats[r][k].test for r, k in folds], params)[0]
         trains = None

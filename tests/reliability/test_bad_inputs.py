@@ -138,3 +138,30 @@ def test_extraction_names_why_tiling_failed_instead_of_asking_to_tile(cohort, hi
         f"/data/missing.svs (see {tiles / tiling.name / 'status.csv'}); fix it and rerun "
         "`wsi-mil tile`")
     assert np.isfinite(read_folder(result.output_root)["s0"][0].astype(np.float32)).all()
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_during_extract_is_a_named_failure_not_a_segfault(cohort, tmp_path):
+    """A 40 KiB tmpfs as output_dir: every h5 write hits ENOSPC. The previous writer (h5py
+    straight to disk) crashed the interpreter at exit (exit 139); now exit 1, named rows."""
+    table, tiling = cohort
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        csv = tmp_path / "slides.csv"
+        table.to_csv(csv, index=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "wsi_mil.cli.main", "extract", f"slides={csv}",
+             f"coords_dir={tiling}", f"output_dir={disk}", "encoder=histo_stats",
+             "num_workers=0", "device=cpu", "features_dtype=float32", "batch_size=64"],
+            capture_output=True, text=True, timeout=300)
+        ledger = StatusLedger(disk / "histo_stats" / tiling.name)
+        reasons = [row.reason for row in ledger.failed()]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert reasons and all(r.startswith("OSError: [Errno 28] No space left on device: ")
+                           for r in reasons), reasons

@@ -102,6 +102,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         _fsync(tmp_path)  # the data is on disk before the name points to it
         os.replace(tmp_path, path)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:  # a write error names no file
+            raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

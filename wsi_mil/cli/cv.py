@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from wsi_mil.cli.common import exit_on_error, setup_run, to_dict
 from wsi_mil.cv.engine import CVSettings, run_cv
+from wsi_mil.cv.settings import apply_protocol
 from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import read_cohort
 from wsi_mil.data.folds import FoldPlan, make_fold_plan, validate_targets
@@ -28,7 +29,7 @@ def _settings(cfg: DictConfig) -> CVSettings:
         grid=grid, mode=str(cfg.mode), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay),
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), n_tiles=n_tiles,
         tile_sampling=str(cfg.tile_sampling), seed=int(cfg.seed), engine=str(cfg.get("engine", "batched")),
-        n_jobs=int(cfg.n_jobs), feature_dtype=str(cfg.feature_dtype),
+        n_jobs=int(cfg.n_jobs), feature_dtype=str(cfg.feature_dtype), protocol=str(cfg.get("protocol", "default")),
         backend=str(cfg.backend), device=str(cfg.device), encoder=str(cfg.encoder),
         features_dir=str(cfg.features_dir), cohort_path=str(cfg.cohort), save_models=bool(cfg.save_models),
     )
@@ -37,7 +38,9 @@ def _settings(cfg: DictConfig) -> CVSettings:
 def run(cfg: DictConfig) -> int:
     """Run one CV from a config with the keys of conf/cv.yaml; return the exit code."""
     run_dir = setup_run(cfg, cfg.run_dir, "cv")
-    settings = _settings(cfg)
+    settings, changed = apply_protocol(_settings(cfg))
+    for change in changed:
+        logger.info("protocol={}: {}", settings.protocol, change)
     cohort = read_cohort(cfg.cohort, settings.task, str(cfg.label_column),
                          name=None if cfg.cohort_name is None else str(cfg.cohort_name),
                          allow_many_classes=bool(cfg.get("allow_many_classes", False)))
@@ -63,10 +66,10 @@ def run(cfg: DictConfig) -> int:
     memmap = None
     if settings.engine == "loop" and settings.n_jobs > 1 and settings.backend == "loky":
         memmap = run_dir / ".features_cache.npy"
-    store = BagStore.from_dir(cfg.features_dir, cohort.slide_ids, source, str(cfg.feature_dtype),
+    store = BagStore.from_dir(cfg.features_dir, cohort.slide_ids, source, settings.feature_dtype,
                               memmap_path=memmap)
     try:
-        run_cv(cohort, store, plan, settings, run_dir)
+        result = run_cv(cohort, store, plan, settings, run_dir)
     finally:
         del store
         if memmap is not None:
@@ -76,6 +79,13 @@ def run(cfg: DictConfig) -> int:
 
         make_report(run_dir, features_dir=str(cfg.features_dir), slides=cfg.get("slides"),
                     coords_dir=cfg.get("coords_dir"), n_heatmaps=int(cfg.get("n_heatmaps", 2)))
+    s = result.summary
+    if s["n_folds"] < s["n_folds_total"]:
+        logger.error("{} is defined on only {} of {} outer folds (the others' test slides do not allow it, "
+                     "e.g. one class only or no comparable pair): the headline {:.4f} is not a CV estimate; "
+                     "use fewer outer folds or group differently. Details: {}", s["metric"], s["n_folds"],
+                     s["n_folds_total"], s["mean"], run_dir / "folds.csv")
+        return 1
     return 0
 
 

@@ -133,11 +133,14 @@ def write_fold(run: CVRun, r: int, k: int, sel: dict, out: dict) -> None:
             torch.save({"model": params.model, "in_dim": in_dim, "n_outputs": targets.n_outputs,
                         "hparams": dict(params.hparams), "state_dict": out["state_dict"],
                         "wsi_mil_version": __version__}, tmp)
-    write_json_atomic(fold_path(run_dir, r, k), {
+    record = {
         "row": row, "hparams": dict(params.hparams), "inner_curves": sel["inner_curves"],
         "seconds": round(float(out["seconds"]), 3),
         "predictions": preds.to_dict(orient="list"), "settings": fingerprint,
-    })
+    }
+    if targets.task == "survival":  # the refit's training risks (Breslow baseline for the Brier score)
+        record["train_scores"] = [float(v) for v in out["train_scores"]]
+    write_json_atomic(fold_path(run_dir, r, k), record)
 
 
 def _mode(values: list) -> Any:
@@ -204,6 +207,9 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
         "n_patients": int(cohort.table.patient_id.nunique()),
         "features_dir": settings.features_dir, "cohort_path": settings.cohort_path,
         "seed": settings.seed, "seconds": round(seconds, 2), "wsi_mil_version": __version__,
+        "batch_size": settings.batch_size, "tile_sampling": settings.tile_sampling,
+        "feature_dtype": settings.feature_dtype, "protocol": settings.protocol, "engine": settings.engine,
+        "auc_classes": settings.auc_classes,
     }
     if survival_summary is not None:
         summary["survival_metrics"] = survival_summary

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from wsi_mil.data.cohort import Cohort
@@ -18,6 +18,7 @@ from wsi_mil.errors import ConfigError
 MODES = ("nested", "kfold")
 BACKENDS = ("loky", "threading")
 ENGINES = ("batched", "loop")
+PROTOCOLS = ("default", "reference")
 _FIXED_NAMES = {"lr", "learning_rate", "weight_decay"}
 
 
@@ -50,6 +51,8 @@ class CVSettings:
     backend: str = "loky"
     device: str = "cpu"
     feature_dtype: str = "float32"
+    protocol: str = "default"
+    auc_classes: str = "all"  # multiclass macro AUC over "all" classes, or those "present" (the reference)
     encoder: str = ""
     features_dir: str = ""
     cohort_path: str = ""
@@ -58,6 +61,8 @@ class CVSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r}; choose one of {MODES}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol {self.protocol!r}; choose one of {PROTOCOLS}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r}; choose one of {ENGINES}")
         if self.backend not in BACKENDS:
@@ -99,3 +104,28 @@ def grid_points(settings: CVSettings) -> list[dict[str, Any]]:
             p["lr" if n == "learning_rate" else n] = v
         points.append(p)
     return points
+
+
+def apply_protocol(settings: CVSettings) -> tuple[CVSettings, list[str]]:
+    """``settings`` with the preset of ``settings.protocol`` applied, and what it changed.
+
+    ``reference`` reproduces owkin's HistoSSLscaling where it is not a bug: one
+    seeded random 1,000 tiles per slide for every epoch and evaluation, float32
+    features, HIPT-MIL at batch size 1, TransMIL as the reference builds it
+    (``transmil_ref``), 100 epochs for ResNet50 features, multiclass AUC over the
+    classes present in a fold. Its intended fixes (refit for the selected number
+    of epochs, masks, seeding, Cox ties, DSMIL multiclass) stay.
+    """
+    if settings.protocol != "reference":
+        return settings, []
+    changes: dict[str, Any] = {"tile_sampling": "fixed", "n_tiles": 1000, "feature_dtype": "float32",
+                               "auc_classes": "present"}
+    if settings.model == "hipt_mil":
+        changes["batch_size"] = 1
+    if settings.model == "transmil":
+        changes["model"] = "transmil_ref"
+        changes["hparams"] = {}  # the reference head's own defaults
+    if "resnet50" in settings.encoder.lower():
+        changes["epochs"] = 100
+    done = [f"{k}={v!r} (was {getattr(settings, k)!r})" for k, v in changes.items() if getattr(settings, k) != v]
+    return replace(settings, **changes), done

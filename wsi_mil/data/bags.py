@@ -27,7 +27,8 @@ from loguru import logger
 from wsi_mil.errors import ConfigError, EmptyBagError, FileFormatError, NonFiniteFeaturesError
 from wsi_mil.io.feature_sources import feature_shape, read_slide_features, resolve_source
 
-SAMPLING = ("random", "first")
+SAMPLING = ("random", "fixed", "first")
+FIXED_SAMPLE_SEED = 0  # tile_sampling="fixed": one seeded sample per slide, whatever the CV seed
 
 
 class BagStore:
@@ -175,13 +176,24 @@ class BagStore:
 
 
 def sample_tiles(n: int, n_tiles: int | None, rng: np.random.Generator | None,
-                 mode: str = "random") -> np.ndarray:
-    """Indices of at most ``n_tiles`` of ``n`` tiles: random without replacement, or the first ones."""
+                 mode: str = "random", slide: int = 0) -> np.ndarray:
+    """Indices of at most ``n_tiles`` of a bag's ``n`` tiles.
+
+    - ``random``: a new sample without replacement from ``rng`` at every call
+      (every epoch);
+    - ``fixed``: one random sample per slide, seeded by the slide's row
+      ``slide`` only, the same at every epoch and evaluation: the reference's
+      rule (it draws 1,000 tiles per slide once, at extraction);
+    - ``first``: the first ``n_tiles`` rows of the feature file. Tiles are
+      stored row-major, so this is the *top band* of the slide, not a sample.
+    """
     if mode not in SAMPLING:
         raise ConfigError(f"tile_sampling {mode!r}; choose one of {SAMPLING}")
     if n_tiles is None or n_tiles <= 0 or n <= n_tiles:
         return np.arange(n)
-    if mode == "first" or rng is None:
+    if mode == "fixed":
+        rng = np.random.default_rng([FIXED_SAMPLE_SEED, int(slide)])
+    elif mode == "first" or rng is None:
         return np.arange(n_tiles)
     return np.sort(rng.choice(n, size=n_tiles, replace=False))
 
@@ -210,7 +222,7 @@ def pick_tiles(store: BagStore, slide_idx: Sequence[int], n_tiles: int | None,
     out: list[Pick] = []
     for i in slide_idx:
         n = int(store.n_tiles[i])
-        p = sample_tiles(n, n_tiles, rng, mode)
+        p = sample_tiles(n, n_tiles, rng, mode, slide=int(i))
         out.append((int(i), None if len(p) == n else p))
     return out
 

@@ -2,7 +2,9 @@
 
 Adam with learning rate and weight decay; mini-batches of ``batch_size``
 bags padded with a mask; ``n_tiles`` tiles sampled per slide and per epoch
-(``tile_sampling="random"``, or ``"first"`` = the reference's first-n tiles).
+(``tile_sampling``: ``"random"`` = a new sample every epoch, ``"fixed"`` = one
+seeded sample per slide for every epoch and evaluation (the reference's rule),
+``"first"`` = the first rows of the feature file; see :func:`~wsi_mil.data.bags.sample_tiles`).
 Training batches are reshuffled each epoch and the last incomplete batch is
 dropped when there is at least one full batch (as the reference). Evaluation
 samples tiles with a generator seeded from ``seed`` only, so a prediction does
@@ -64,12 +66,13 @@ class Targets:
     y: np.ndarray | None = None
     time: np.ndarray | None = None
     event: np.ndarray | None = None
+    auc_classes: str = "all"  # multiclass macro AUC over all classes, or those "present" (reference)
 
     @classmethod
-    def from_cohort(cls, cohort: Cohort) -> Targets:
+    def from_cohort(cls, cohort: Cohort, auc_classes: str = "all") -> Targets:
         if cohort.task == "survival":
             return cls("survival", 1, time=cohort.time, event=cohort.event)
-        return cls("classification", cohort.n_outputs, y=cohort.y)
+        return cls("classification", cohort.n_outputs, y=cohort.y, auc_classes=auc_classes)
 
     @property
     def metric_name(self) -> str:
@@ -88,7 +91,7 @@ class Targets:
             return metrics.c_index(self.time[idx], scores, self.event[idx])
         if self.n_outputs == 1:
             return metrics.auc(self.y[idx], scores)
-        return metrics.macro_ovr_auc(self.y[idx], scores)
+        return metrics.macro_ovr_auc(self.y[idx], scores, classes=self.auc_classes)
 
 
 @dataclass

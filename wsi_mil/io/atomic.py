@@ -38,7 +38,8 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}~{who}.tmp{path.suffix}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +62,7 @@ def sweep_temp_files(folder: str | Path) -> list[Path]:
             except FileNotFoundError:
                 continue
             if m is not None:
-                dead = (not _pid_alive(int(m["pid"])) if m["host"] == HOST_TAG
+                dead = (not pid_alive(int(m["pid"])) if m["host"] == HOST_TAG
                         else age > OTHER_HOST_AGE_S)
             else:
                 dead = _LEGACY_TEMP.match(name) is not None and age > LEGACY_AGE_S

@@ -18,22 +18,13 @@ import time
 import uuid
 from pathlib import Path
 
+from wsi_mil.io.atomic import pid_alive
 from wsi_mil.io.paths import safe_name
 
 LOCK_DIR = ".locks"
 STALE_AFTER_S = 2 * 3600.0
 UNREADABLE_GRACE_S = 60.0
 TOUCH_EVERY_S = 30.0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class SlideLocks:
@@ -70,7 +61,7 @@ class SlideLocks:
         if age > self.stale_after_s:
             return True
         if holder.get("host") == self.owner["host"]:
-            return not _pid_alive(int(holder.get("pid", -1)))
+            return not pid_alive(int(holder.get("pid", -1)))
         return False
 
     @staticmethod

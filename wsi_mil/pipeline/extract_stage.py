@@ -318,7 +318,7 @@ def run_extraction(
     for s in slides:
         if s.slide_id in failures:
             continue
-        s.out_stamp = _stamp(s.out_path)
+        s.out_stamp = _stamp(_finished_marker(s, layout))
         existing = None if overwrite else _existing_attrs(s, layout)
         if existing is None:
             todo.append(s)
@@ -382,8 +382,13 @@ def run_extraction(
     return ExtractionResult(out_root, counts, failed, rank, world, left)
 
 
+def _finished_marker(slide: _Slide, layout: str) -> Path:
+    """The file written last for a slide: its h5, or the reference layout's meta.json."""
+    return slide.out_path.with_name("meta.json") if layout == "reference" else slide.out_path
+
+
 def _claim(slide: _Slide, locks: SlideLocks | None, ledger: StatusLedger,
-           left: dict[str, str]) -> bool:
+           left: dict[str, str], layout: str = "wsi_mil") -> bool:
     """Take the slide's lock before encoding it; False when another process has it or has
     written its output since the plan (then it is not encoded twice)."""
     if locks is None:
@@ -392,7 +397,7 @@ def _claim(slide: _Slide, locks: SlideLocks | None, ledger: StatusLedger,
         left[slide.slide_id] = who
         logger.info("{}: locked by {}; left to it", slide.slide_id, who)
         return False
-    if _stamp(slide.out_path) != slide.out_stamp:
+    if _stamp(_finished_marker(slide, layout)) != slide.out_stamp:
         locks.release(slide.slide_id)
         ledger.record(slide.slide_id, "skipped", "written by another process meanwhile")
         return False
@@ -471,7 +476,7 @@ def _encode_slides(slides: list[_Slide], encoder: Encoder, dev: torch.device,
             k = int(batch["slide"])
             if k in dead:
                 continue
-            if k not in started and not _claim(slides[k], locks, ledger, left):
+            if k not in started and not _claim(slides[k], locks, ledger, left, layout):
                 dead.add(k)
                 continue
             started.setdefault(k, time.perf_counter())

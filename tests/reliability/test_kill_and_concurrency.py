@@ -34,6 +34,14 @@ def _leftovers(folder) -> list:
             and not p.name.startswith(".status")]
 
 
+def _assert_all_finished(ledger: StatusLedger) -> None:
+    """Every slide finished; a slide killed between its output and its ledger row is recorded
+    as skipped by the rerun (at most one), the others keep their done rows."""
+    counts = ledger.counts()
+    assert counts["failed"] == 0 and counts["done"] + counts["skipped"] == N_SLIDES, counts
+    assert counts["skipped"] <= 1, counts
+
+
 def _tile_child(table, out):
     torch.set_num_threads(1)
     run_tiling(table, out, TilingParams(), previews=False)
@@ -59,7 +67,7 @@ def test_tiling_killed_at_random_points_ends_with_the_outputs_of_an_uninterrupte
             if (out / TILING / "coords").exists() else {}
         finished_at_kill.append(len(before))
         ledger = run_tiling(table, out, TilingParams(), previews=False)
-        assert ledger.counts() == {"done": N_SLIDES, "skipped": 0, "failed": 0}
+        _assert_all_finished(ledger)
         for sid in table.slide_id:
             got = read_coords(out / TILING / "coords" / f"{sid}.h5")
             want = read_coords(reference / "coords" / f"{sid}.h5")
@@ -95,7 +103,7 @@ def test_extraction_killed_at_random_points_ends_with_the_features_of_an_uninter
         for name, stamp in before.items():
             assert (feats / name).stat().st_mtime_ns == stamp, (seed, name)
         assert_same_outputs(read_folder(feats), reference_features)
-        assert StatusLedger(feats).counts() == {"done": N_SLIDES, "skipped": 0, "failed": 0}
+        _assert_all_finished(StatusLedger(feats))
         assert _leftovers(out) == [], seed  # the killed run's temp and lock files are swept
     assert min(finished_at_kill) < N_SLIDES, finished_at_kill  # the kills were mid-run
 

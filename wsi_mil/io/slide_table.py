@@ -109,7 +109,7 @@ def read_slide_table(spec: str | Path) -> pd.DataFrame:
         table = _from_paths([p for p in named if _is_slide_file(p)])
     elif glob.has_magic(text):
         matched = [Path(p) for p in glob.glob(str(path), recursive=True)]
-        skipped = odd_entries(matched)
+        skipped = odd_entries([p for p in matched if p.suffix.lower() in SLIDE_EXTENSIONS])
         table = _from_paths([p for p in matched if p.is_file()])
     else:
         raise ConfigError(f"slides={text!r} is neither a file, a folder, a glob nor a CSV")

@@ -140,7 +140,7 @@ def _expected_attrs(encoder: Encoder, coords_attrs: dict, coords: np.ndarray,
         "embed_dim": int(encoder.embed_dim),
         "weights_sha256": encoder.weights_sha256 or "",
         "weights_source": getattr(encoder, "weights_source", "") or "",
-        "precision": encoder.precision,
+        "precision": getattr(encoder, "precision_used", encoder.precision),  # as run on its device
         "pooling": getattr(encoder, "pooling", ""),
         "mean": list(prep.mean),
         "std": list(prep.std),

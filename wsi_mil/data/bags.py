@@ -271,6 +271,12 @@ def assemble(store: BagStore, picks: Sequence[Sequence[Pick | None]], buffer: Ba
         x, mask = buffer.take(shape)
     feats = store.tensor
     means = store.bag_means() if pooled else None
+    if pooled and all(slot is not None and slot[1] is None for row in picks for slot in row) \
+            and all(len(row) == width for row in picks):
+        rows = torch.tensor([[slot[0] for slot in row] for row in picks], dtype=torch.long)  # (S, B)
+        torch.index_select(means, 0, rows.view(-1), out=x.view(-1, store.dim))
+        mask.fill_(True)
+        return x, mask
     for s, row in enumerate(picks):
         for b in range(width):
             slot = row[b] if b < len(row) else None

@@ -62,7 +62,6 @@ from wsi_mil.errors import ConfigError, StaleOutputError
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.training.fit import FitParams, Targets, fit, predict
 from wsi_mil.training.fit_stacked import (
-    CHUNK_BYTES,
     Stream,
     can_stack,
     fit_stacked,
@@ -70,7 +69,7 @@ from wsi_mil.training.fit_stacked import (
 )
 
 #: a block of outer folds is sized so that one step's batches stay under this
-BLOCK_BYTES = CHUNK_BYTES
+BLOCK_BYTES = 256 * 2**20
 PROGRESS_SECONDS = 20.0
 
 

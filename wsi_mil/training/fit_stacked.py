@@ -40,7 +40,7 @@ from wsi_mil.training.losses import cox_loss
 from wsi_mil.training.stacked import StackedAdam, StackedHeads, stackable
 
 #: the folded batch of one chunk of rows stays under this many bytes
-CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 64 * 2**20  # activations of a chunk stay small enough for the allocator to reuse them
 #: validation batches are assembled once and kept when they fit in this many bytes
 EVAL_CACHE_BYTES = 256 * 2**20
 EVAL_SEED = 7919  # as fit.predict: rng = default_rng([seed, 7919])
@@ -99,8 +99,8 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
     torch_seeds = [int(r.integers(2**31)) for r in rngs]  # as fit(): keeps the generators aligned
     torch.manual_seed(torch_seeds[0])  # dropout (not per model: one draw for the stacked batch)
     pooled = bool(getattr(stacked.head, "pools_by_mean", False))
-    buffer = BatchBuffer()
-    evaluator = _Evaluator(store, targets, streams, params, pooled, n_rows, chunk_bytes)
+    buffer = BatchBuffer()  # shared by training steps and evaluation (never in use at once)
+    evaluator = _Evaluator(store, targets, streams, params, pooled, n_rows, chunk_bytes, buffer)
     max_epochs = int(epochs.max())
     curves = np.full((n_rows, n_streams, max_epochs), np.nan)
     timings = {"assemble": 0.0, "train": 0.0, "optimizer": 0.0, "evaluate": 0.0}
@@ -122,12 +122,18 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
                 else:
                     picks.append([])
                     idx.append(np.zeros(0, dtype=np.int64))
-            x, mask = assemble(store, picks, buffer, pooled)  # (S, B, N, D), (S, B, N)
             step_active = active & np.array([len(i) > 0 for i in idx])[None, :]  # (G, S)
-            tb = time.perf_counter()
             opt.zero_grad()
-            _train_step(stacked, targets, x.to(params.device), mask.to(params.device), idx, step_active,
-                        chunk_bytes)
+            t_asm = 0.0
+            for s0, s1 in _stream_groups(store, picks, pooled, chunk_bytes):
+                if not any(len(p) for p in picks[s0:s1]):
+                    continue  # no stream of the group has a batch at this step
+                tg = time.perf_counter()
+                x, mask = assemble(store, picks[s0:s1], buffer, pooled)  # (S', B, N, D), (S', B, N)
+                t_asm += time.perf_counter() - tg
+                _train_step(stacked, targets, x.to(params.device), mask.to(params.device), idx[s0:s1],
+                            step_active, (s0, s1), chunk_bytes)
+            tb = ta + t_asm
             tc = time.perf_counter()
             opt.step(torch.from_numpy(step_active.reshape(-1)))
             td = time.perf_counter()
@@ -165,8 +171,25 @@ def _epoch_batches(rng: np.random.Generator, train_idx: np.ndarray, batch_size: 
     return [order[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)]
 
 
-def _row_chunks(n_rows: int, bytes_per_row: int, chunk_bytes: int) -> list[tuple[int, int]]:
-    per = max(1, min(n_rows, chunk_bytes // max(1, bytes_per_row)))
+def _stream_groups(store: BagStore, picks: Sequence[Sequence[Pick | None]], pooled: bool,
+                   chunk_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive stream ranges whose padded batch stays under ``chunk_bytes`` (at least one stream)."""
+    width = max((len(p) for p in picks), default=0)
+    n_max = 1 if pooled else max((int(store.n_tiles[i]) if t is None else len(t)
+                                  for p in picks for slot in p if slot is not None for i, t in [slot]), default=1)
+    per_stream = max(1, width * n_max * store.dim * 4)
+    k = max(1, chunk_bytes // per_stream)
+    return [(lo, min(len(picks), lo + k)) for lo in range(0, len(picks), k)]
+
+
+def _model_chunks(n_rows: int, n_streams: int, streams: tuple[int, int], row_bytes: int,
+                  chunk_bytes: int) -> list[tuple[int, int]]:
+    """Row ranges to run together on the stream range ``streams``: several rows only when
+    the range holds every stream (their models are then contiguous in the stack)."""
+    s0, s1 = streams
+    if (s0, s1) != (0, n_streams):
+        return [(g, g + 1) for g in range(n_rows)]
+    per = max(1, min(n_rows, chunk_bytes // max(1, row_bytes)))
     return [(lo, min(n_rows, lo + per)) for lo in range(0, n_rows, per)]
 
 
@@ -178,25 +201,34 @@ def _fold(x: torch.Tensor, rows: int) -> torch.Tensor:
     return flat.unsqueeze(0).expand(rows, *flat.shape).reshape(-1, *flat.shape[1:])
 
 
+def _run_models(stacked: StackedHeads, x: torch.Tensor, mask: torch.Tensor, rows: tuple[int, int],
+                streams: tuple[int, int], n_streams: int) -> torch.Tensor:
+    """Outputs ``(g, S', B, C)`` of models rows x streams on the group's batch ``x (S', B, N, D)``."""
+    (g0, g1), (s0, s1) = rows, streams
+    with stacked.models(g0 * n_streams + s0, (g1 - 1) * n_streams + s1):
+        out = stacked(_fold(x, g1 - g0), _fold(mask, g1 - g0))  # (g * S' * B, C)
+    return out.view(g1 - g0, s1 - s0, x.shape[1], -1)
+
+
 def _train_step(stacked: StackedHeads, targets: Targets, x: torch.Tensor, mask: torch.Tensor,
-                idx: list[np.ndarray], step_active: np.ndarray, chunk_bytes: int) -> None:
-    """Forward + backward of every active model on its stream's batch (gradients accumulate)."""
+                idx: list[np.ndarray], step_active: np.ndarray, streams: tuple[int, int],
+                chunk_bytes: int) -> None:
+    """Forward + backward of the active models of streams ``streams`` (gradients accumulate)."""
     n_rows, n_streams = step_active.shape
+    s0, s1 = streams
     width = x.shape[1]
-    valid = torch.zeros(n_streams, width, dtype=torch.bool)
+    valid = torch.zeros(s1 - s0, width, dtype=torch.bool)
     for s, i in enumerate(idx):
         valid[s, : len(i)] = True
     tgt = _stacked_targets(targets, idx, width)
     row_bytes = x.numel() * x.element_size()
     with trusted_inputs():
-        for lo, hi in _row_chunks(n_rows, row_bytes, chunk_bytes):
-            act = torch.from_numpy(step_active[lo:hi])  # (g, S)
+        for g0, g1 in _model_chunks(n_rows, n_streams, streams, row_bytes, chunk_bytes):
+            act = torch.from_numpy(step_active[g0:g1, s0:s1])  # (g, S')
             if not bool(act.any()):
                 continue
-            with stacked.models(lo * n_streams, hi * n_streams):
-                out = stacked(_fold(x, hi - lo), _fold(mask, hi - lo))  # (g * S * B, C)
-            out = out.view(hi - lo, n_streams, width, -1)  # (g, S, B, C)
-            losses = _losses(targets, out, tgt, valid, idx)  # (g, S)
+            out = _run_models(stacked, x, mask, (g0, g1), streams, n_streams)  # (g, S', B, C)
+            losses = _losses(targets, out, tgt, valid, idx)  # (g, S')
             loss = (losses * act.to(losses.dtype)).sum()
             loss.backward()
 
@@ -239,7 +271,7 @@ class _Evaluator:
     """Scores of every model on its stream's validation slides, same tile samples each call."""
 
     def __init__(self, store: BagStore, targets: Targets, streams: Sequence[Stream], params: FitParams,
-                 pooled: bool, n_rows: int, chunk_bytes: int) -> None:
+                 pooled: bool, n_rows: int, chunk_bytes: int, buffer: BatchBuffer | None = None) -> None:
         self.store, self.targets, self.pooled, self.n_rows = store, targets, pooled, n_rows
         self.chunk_bytes = chunk_bytes
         self.val = [np.zeros(0, dtype=np.int64) if st.val_idx is None else np.asarray(st.val_idx)
@@ -255,22 +287,26 @@ class _Evaluator:
         self.n_steps = max((len(c) for c in self.steps), default=0)
         self.device = params.device
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._buffer = BatchBuffer()
+        self._buffer = buffer if buffer is not None else BatchBuffer()
         tiles = sum(1 if pooled else (int(store.n_tiles[i]) if t is None else len(t))
                     for c in self.steps for p in c for i, t in p)
         self._cacheable = tiles * store.dim * 4 <= EVAL_CACHE_BYTES
 
     def _batches(self):
+        """(k, (s0, s1), x, mask) for every evaluation step k and group of streams."""
         if self._cache is not None:
             yield from self._cache
             return
         cache = [] if self._cacheable else None
         for k in range(self.n_steps):
             picks = [c[k] if k < len(c) else [] for c in self.steps]
-            x, mask = assemble(self.store, picks, None if self._cacheable else self._buffer, self.pooled)
-            if cache is not None:
-                cache.append((x, mask))
-            yield x, mask
+            for s0, s1 in _stream_groups(self.store, picks, self.pooled, self.chunk_bytes):
+                if not any(len(p) for p in picks[s0:s1]):
+                    continue
+                x, mask = assemble(self.store, picks[s0:s1], None if self._cacheable else self._buffer, self.pooled)
+                if cache is not None:
+                    cache.append((k, (s0, s1), x, mask))
+                yield k, (s0, s1), x, mask
         self._cache = cache
 
     @torch.no_grad()
@@ -279,18 +315,16 @@ class _Evaluator:
         parts: list[list[list[np.ndarray]]] = [[[] for _ in range(n_streams)] for _ in range(self.n_rows)]
         stacked.eval()
         with trusted_inputs():
-            for k, (x, mask) in enumerate(self._batches()):
+            for k, (s0, s1), x, mask in self._batches():
                 x, mask = x.to(self.device), mask.to(self.device)
-                width = x.shape[1]
-                for lo, hi in _row_chunks(self.n_rows, x.numel() * x.element_size(), self.chunk_bytes):
-                    with stacked.models(lo * n_streams, hi * n_streams):
-                        out = stacked(_fold(x, hi - lo), _fold(mask, hi - lo))
-                    out = out.view(hi - lo, n_streams, width, -1)
-                    for r in range(hi - lo):
-                        for s in range(n_streams):
+                row_bytes = x.numel() * x.element_size()
+                for g0, g1 in _model_chunks(self.n_rows, n_streams, (s0, s1), row_bytes, self.chunk_bytes):
+                    out = _run_models(stacked, x, mask, (g0, g1), (s0, s1), n_streams)  # (g, S', B, C)
+                    for r in range(g1 - g0):
+                        for s in range(s0, s1):
                             if k < len(self.steps[s]):
                                 n = len(self.steps[s][k])
-                                parts[lo + r][s].append(outputs_to_scores(out[r, s, :n], self.targets.task))
+                                parts[g0 + r][s].append(outputs_to_scores(out[r, s - s0, :n], self.targets.task))
         return [[np.concatenate(p) if p else np.zeros(0) for p in row] for row in parts]
 
     def curve(self, stacked: StackedHeads) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""Stacked fits == one-at-a-time fits, model by model (the batched engine's core)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_mil.data.bags import BagStore
+from wsi_mil.models import create_model
+from wsi_mil.models.base import trusted_inputs
+from wsi_mil.training.fit import FitParams, Targets, fit, predict
+from wsi_mil.training.fit_stacked import Stream, fit_stacked, predict_stacked
+from wsi_mil.training.stacked import StackedAdam, StackedHeads, stackable
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    bags = [rng.normal(size=(int(rng.integers(3, 40)), 10)).astype(np.float32) for _ in range(30)]
+    y = rng.integers(0, 2, 30)
+    for b, label in zip(bags, y, strict=True):
+        b[:2] += 1.5 * label
+    return BagStore.from_arrays(bags, [f"s{i}" for i in range(30)]), Targets("classification", 1, y=y)
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 * 2**20, 1])  # one chunk; every stream and row apart
+@pytest.mark.parametrize("model", ["meanpool", "abmil", "chowder", "dsmil"])
+def test_each_stacked_model_trains_and_scores_as_its_own_fit(data, model, chunk_bytes):
+    store, targets = data
+    perm = np.random.default_rng(1).permutation(30)
+    # three streams: different training sets (one smaller than a batch), seeds, validation sets
+    streams = [Stream(np.sort(perm[:20]), perm[20:], 11), Stream(perm[5:25], perm[25:], 12),
+               Stream(perm[:5], perm[5:12], 13)]
+    lr = np.array([[1e-3, 1e-2, 1e-3], [3e-3, 1e-3, 1e-2]])
+    wd = np.array([[1e-4, 1e-3, 1e-4], [1e-4, 1e-4, 1e-3]])
+    epochs = np.array([[3, 3, 2], [1, 3, 3]])  # models stop at different epochs
+    base = FitParams(model, batch_size=8, n_tiles=16, seed=0)
+    result = fit_stacked(store, targets, streams, base, lr, wd, epochs, chunk_bytes=chunk_bytes)
+    scored = predict_stacked(result, store, targets, [st.val_idx for st in streams], base)
+    for g in range(2):
+        for s, st in enumerate(streams):
+            p = replace(base, lr=lr[g, s], weight_decay=wd[g, s], epochs=int(epochs[g, s]), seed=st.seed)
+            one = fit(store, targets, st.train_idx, p, val_idx=st.val_idx)
+            np.testing.assert_allclose(result.curves[g, s, : epochs[g, s]], one.val_curve, atol=1e-6)
+            assert np.isnan(result.curves[g, s, epochs[g, s]:]).all()
+            ref = predict(one.model, store, st.val_idx, "classification", 16, "random", st.seed, 8)
+            np.testing.assert_allclose(scored[g][s], ref, atol=1e-5)
+
+
+def test_stacked_adam_equals_torch_adam_per_model_with_skipped_steps():
+    torch.manual_seed(0)
+    heads = [create_model("abmil", 6, 2, d_model_attention=4, mlp_hidden=[5]) for _ in range(3)]
+    stacked = StackedHeads(heads)
+    lr, wd = torch.tensor([1e-2, 1e-3, 3e-2]), torch.tensor([0.0, 1e-2, 1e-3])
+    opt = StackedAdam(list(stacked.parameters()), lr, wd)
+    refs = [torch.optim.Adam(h.parameters(), lr=float(lr[m]), weight_decay=float(wd[m])) for m, h in enumerate(heads)]
+    x, mask = torch.randn(3, 4, 7, 6), torch.ones(3, 4, 7, dtype=torch.bool)
+    for step in range(4):
+        active = torch.tensor([True, step != 1, step % 2 == 0])
+        with trusted_inputs():
+            out = stacked(x.reshape(12, 7, 6), mask.reshape(12, 7)).view(3, 4, 2)
+            opt.zero_grad()
+            ((out ** 2).mean((1, 2)) * active).sum().backward()
+            opt.step(active)
+            for m, h in enumerate(heads):
+                if active[m]:
+                    refs[m].zero_grad()
+                    (h(x[m], mask[m]) ** 2).mean().backward()
+                    refs[m].step()
+    for m, h in enumerate(heads):
+        for name, value in h.state_dict().items():
+            if name != "attention.attention_c.bias":  # zero gradient in exact arithmetic: Adam follows noise
+                torch.testing.assert_close(stacked.state_dict_of(m)[name], value, atol=1e-6, rtol=1e-5)
+
+
+def test_heads_outside_linear_layers_are_not_stackable():
+    ok, why = stackable(create_model("transmil", 8, 1))
+    assert not ok and "cls_token" in why
+    assert stackable(create_model("chowder", 8, 1)) == (True, "")

@@ -51,6 +51,9 @@ class FoldedLinear(nn.Module):
         weight = self.weight[self.active]  # (M', out, in)
         m = weight.shape[0]
         lead = x.shape[:-1]
+        if m == 1:  # one model (large bags): the plain Linear kernel, whose backward avoids a transposed copy
+            bias = None if self.bias is None else self.bias[self.active][0]
+            return nn.functional.linear(x, weight[0], bias)  # (B, ..., out)
         xm = x.reshape(m, -1, x.shape[-1])  # (M', T, in)
         if self.bias is None:
             out = torch.bmm(xm, weight.transpose(1, 2))  # (M', T, out)

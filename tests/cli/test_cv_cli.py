@@ -84,3 +84,12 @@ def test_slurm_launcher_config_is_documented_yaml():
     text = resources.files("wsi_mil.conf").joinpath("hydra/launcher/slurm.yaml").read_text()
     conf = yaml.safe_load(text)
     assert conf["defaults"] == ["submitit_slurm"] and "hydra-submitit-launcher" in text
+
+
+def test_reference_protocol_runs_end_to_end_with_the_reference_head_and_fixed_tiles(synth, tmp_path):
+    out = tmp_path / "runs"
+    assert main(["cv", *args(synth, out, "model=transmil", "protocol=reference", "report=false")]) == 0
+    summary = json.loads((out / "classification" / "synth" / "transmil" / "summary.json").read_text())
+    assert summary["model"] == "transmil_ref" and summary["protocol"] == "reference"
+    assert (summary["tile_sampling"], summary["feature_dtype"], summary["n_tiles"]) == ("fixed", "float32", 1000)
+    assert summary["n_folds"] == 2

@@ -119,7 +119,7 @@ def _one_fold(run, engine_fn) -> float:
 
 
 def _make_run(cohort, store, plan, settings, run_dir):
-    from wsi_mil.cv.engine import CVRun
+    from wsi_mil.cv.run_state import CVRun
     from wsi_mil.cv.settings import _data_fingerprint, grid_points
     from wsi_mil.training.fit import Targets
 
@@ -170,7 +170,8 @@ def main() -> None:
 
     logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")
 
-    from wsi_mil.cv.engine import CVSettings, _run_batched, _run_loop, available_cores, run_cv
+    from wsi_mil.cv.engine import CVSettings, _run_batched, available_cores, run_cv
+    from wsi_mil.cv.loop import _run_loop
     from wsi_mil.data.bags import BagStore
     from wsi_mil.data.cohort import read_cohort
     from wsi_mil.data.folds import make_fold_plan

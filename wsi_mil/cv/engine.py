@@ -38,29 +38,33 @@ kill loses at most the block (or refit) in progress. Outputs: see
 """
 from __future__ import annotations
 
-import os
-import threading
 import time
-import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
 from loguru import logger
 
 from wsi_mil.cv import outputs as cv_outputs
+from wsi_mil.cv.loop import _run_loop
+from wsi_mil.cv.run_state import (
+    CVRun,
+    _load_inner,
+    _Progress,
+    _selections,
+    _write,
+    available_cores,
+)
 from wsi_mil.cv.selection import select
 from wsi_mil.cv.settings import _FIXED_NAMES, CVSettings, _data_fingerprint, grid_points
 from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.folds import FoldPlan
 from wsi_mil.errors import ConfigError, StaleOutputError
-from wsi_mil.evaluation.metrics import MetricWarning
-from wsi_mil.training.fit import FitParams, Targets, fit, predict
+from wsi_mil.training.fit import Targets
 from wsi_mil.training.fit_stacked import (
     Stream,
     can_stack,
@@ -68,49 +72,10 @@ from wsi_mil.training.fit_stacked import (
     predict_stacked,
 )
 
+__all__ = ["CVRun", "CVSettings", "available_cores", "grid_points", "plain_settings", "run_cv", "select"]
+
 #: a block of outer folds is sized so that one step's batches stay under this
 BLOCK_BYTES = 256 * 2**20
-PROGRESS_SECONDS = 20.0
-
-
-@dataclass
-class CVRun:
-    """Everything one CV run works on, passed around as one object."""
-
-    cohort: Cohort
-    store: BagStore
-    plan: FoldPlan
-    settings: CVSettings
-    targets: Targets
-    points: list[dict[str, Any]]
-    run_dir: Path
-    fingerprint: dict
-    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # batched engine, seconds
-
-    def params(self, point: dict, epochs: int, seed: int) -> FitParams:
-        s = self.settings
-        hparams = {**s.hparams, **{k: v for k, v in point.items() if k not in _FIXED_NAMES}}
-        return FitParams(model=s.model, hparams=hparams, lr=float(point["lr"]),
-                         weight_decay=float(point["weight_decay"]), epochs=int(epochs),
-                         batch_size=s.batch_size, n_tiles=s.n_tiles, tile_sampling=s.tile_sampling,
-                         seed=seed, device=s.device)
-
-    def inner_seed(self, r: int, k: int, j: int) -> int:
-        return _fit_seed(self.settings.seed, r, k, j + 1)
-
-    def refit_seed(self, r: int, k: int) -> int:
-        return _fit_seed(self.settings.seed, r, k, 0)
-
-
-def _fit_seed(*keys: int) -> int:
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] % (2**31 - 1))
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings,
@@ -173,55 +138,6 @@ def _choose_engine(run: CVRun) -> str:
                            "(one model at a time)", run.settings.model, why)
             return "loop"
     return "batched"
-
-
-# -- shared by both engines -------------------------------------------------------
-def _select_fold(run: CVRun, r: int, k: int, curves: np.ndarray) -> dict:
-    g, epochs, score = select(curves)
-    if np.isnan(score):
-        logger.warning("repeat {} fold {}: inner metric undefined everywhere; using grid point 0, {} epochs",
-                       r, k, epochs)
-    return {"point": run.points[g], "epochs": epochs, "inner_score": score,
-            "inner_curves": _nanmean_curves(curves).tolist()}
-
-
-def _nanmean_curves(curves: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(curves, axis=1)
-
-
-def _fixed_selection(run: CVRun) -> dict:
-    return {"point": run.points[0], "epochs": run.settings.epochs, "inner_score": None, "inner_curves": None}
-
-
-def _selections(run: CVRun, pending: list[tuple[int, int]],
-                inner: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], dict]:
-    if run.settings.mode != "nested":
-        return {rk: _fixed_selection(run) for rk in pending}
-    return {rk: _select_fold(run, *rk, inner[rk]) for rk in pending}
-
-
-def _load_inner(run: CVRun, pending: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-    out = {}
-    for r, k in pending:
-        curves = cv_outputs.read_inner(run.run_dir, r, k, run.fingerprint)
-        if curves is not None:
-            out[(r, k)] = curves
-    if out:
-        logger.info("resuming: inner fits of {} outer fold(s) already done", len(out))
-    return out
-
-
-class _Progress:
-    def __init__(self, what: str) -> None:
-        self.what, self.t0, self.last = what, time.perf_counter(), time.perf_counter()
-
-    def __call__(self, epoch: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last >= PROGRESS_SECONDS or epoch == total:
-            self.last = now
-            logger.info("{}: epoch {}/{} ({:.0f} s)", self.what, epoch, total, now - self.t0)
 
 
 # -- batched engine ---------------------------------------------------------------------
@@ -317,103 +233,6 @@ def _refits_batched(run: CVRun, pending: list[tuple[int, int]], selections: dict
             if trains is not None:
                 out["train_scores"] = trains[i]
             _write(run, r, k, sel, out)
-
-
-def _write(run: CVRun, r: int, k: int, sel: dict, out: dict) -> None:
-    cv_outputs.write_fold(run, r, k, sel, out)
-    logger.bind(fold=f"r{r}_f{k}").info("repeat {} fold {}: lr={} wd={} epochs={} -> test done",
-                                        r, k, sel["params"].lr, sel["params"].weight_decay, sel["params"].epochs)
-
-
-# -- loop engine ------------------------------------------------------------------------
-def _die_with_parent(parent_pid: int) -> None:
-    """In a worker process: exit as soon as the parent (the CV run) is gone, so a killed run
-    leaves no workers behind. A daemon thread polls the parent pid (started once per process)."""
-    global _WATCHING
-    if os.getpid() == parent_pid or _WATCHING:
-        return
-    _WATCHING = True
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, name="wsi-mil-parent-watch", daemon=True).start()
-
-
-_WATCHING = False
-
-
-def _inner_task(store: BagStore, targets: Targets, train: np.ndarray, val: np.ndarray,
-                params: FitParams, n_threads: int, parent_pid: int) -> np.ndarray:
-    _die_with_parent(parent_pid)
-    torch.set_num_threads(n_threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MetricWarning)
-        return fit(store, targets, train, params, val_idx=val).val_curve
-
-
-def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.ndarray,
-                params: FitParams, n_threads: int, parent_pid: int) -> dict:
-    _die_with_parent(parent_pid)
-    torch.set_num_threads(n_threads)
-    result = fit(store, targets, train, params)
-    args = (targets.task, params.n_tiles, params.tile_sampling, params.seed, params.batch_size, params.device)
-    out = {"test_scores": predict(result.model, store, test, *args), "seconds": result.seconds,
-           "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()}}
-    if targets.task == "survival":
-        out["train_scores"] = predict(result.model, store, train, *args)
-    return out
-
-
-def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
-    s = run.settings
-    n_jobs = max(1, int(s.n_jobs))
-    n_threads = max(1, available_cores() // n_jobs)
-    store, cache = run.store, None
-    if n_jobs > 1 and s.backend == "loky" and store.memmap_path is None:
-        cache = run.run_dir / ".features_cache.npy"
-        store = store.to_memmap(cache)
-    try:
-        parallel = Parallel(n_jobs=n_jobs, backend=s.backend)
-        inner: dict[tuple[int, int], np.ndarray] = {}
-        if s.mode == "nested":
-            inner = _load_inner(run, pending)
-            for r, k in [rk for rk in pending if rk not in inner]:
-                fold = run.plan.repeats[r][k]
-                jobs, keys = [], []
-                for g, point in enumerate(run.points):
-                    for j, (tr, va) in enumerate(fold.inner):
-                        params = run.params(point, s.epochs, run.inner_seed(r, k, j))
-                        jobs.append(delayed(_inner_task)(store, run.targets, tr, va, params, n_threads, os.getpid()))
-                        keys.append((g, j))
-                t0 = time.perf_counter()
-                logger.info("inner fits of repeat {} fold {}: {} fits ({} threads each)", r, k, len(jobs), n_threads)
-                curves = np.full((len(run.points), run.plan.n_inner, s.epochs), np.nan)
-                for (g, j), c in zip(keys, parallel(jobs), strict=True):
-                    curves[g, j, : len(c)] = c
-                cv_outputs.write_inner(run.run_dir, r, k, curves, run.fingerprint)
-                inner[(r, k)] = curves
-                logger.info("inner fits of repeat {} fold {}: done in {:.1f} s", r, k, time.perf_counter() - t0)
-        selections = _selections(run, pending, inner)
-        jobs = []
-        for r, k in pending:
-            sel = selections[(r, k)]
-            sel["params"] = run.params(sel["point"], sel["epochs"], run.refit_seed(r, k))
-            fold = run.plan.repeats[r][k]
-            jobs.append(delayed(_refit_task)(store, run.targets, fold.train, fold.test, sel["params"], n_threads,
-                                             os.getpid()))
-        logger.info("outer refits: {}", len(jobs))
-        for (r, k), out in zip(pending, Parallel(n_jobs=n_jobs, backend=s.backend, return_as="generator")(jobs),
-                               strict=True):
-            _write(run, r, k, selections[(r, k)], out)
-    finally:
-        if cache is not None:
-            del store
-            cache.unlink(missing_ok=True)
-
 
 def plain_settings(settings: CVSettings, **changes: Any) -> CVSettings:
     """A copy of ``settings`` with ``changes`` (convenience for benches and tests)."""

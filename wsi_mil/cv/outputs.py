@@ -38,7 +38,7 @@ from wsi_mil.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from wsi_mil.version import __version__
 
 if TYPE_CHECKING:
-    from wsi_mil.cv.engine import CVRun
+    from wsi_mil.cv.run_state import CVRun
     from wsi_mil.cv.settings import CVSettings
     from wsi_mil.training.fit import Targets
 

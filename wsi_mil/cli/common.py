@@ -145,8 +145,9 @@ def check_config(cfg: DictConfig, defaults: DictConfig | None = None) -> None:
 
 
 def _check_types(cfg: Any, defaults: Any, prefix: str) -> None:
-    """Values whose package default is a number must convert to one (null is allowed:
-    several keys take null for "all" / "auto"). Config groups (``model``) are not checked."""
+    """Values whose package default is a number must convert to one, and a boolean's must be
+    true or false (null is allowed: several keys take null for "all" / "auto"). Config groups
+    (``model``) are not checked."""
     have = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
     want = (OmegaConf.to_container(defaults, resolve=False) if OmegaConf.is_config(defaults)
             else defaults)
@@ -157,10 +158,15 @@ def _check_types(cfg: Any, defaults: Any, prefix: str) -> None:
         if isinstance(default, dict) and isinstance(value, dict):
             _check_types(value, default, f"{name}.")
             continue
-        if isinstance(default, bool) or not isinstance(default, (int, float)) or value is None:
+        if value is None or (isinstance(value, str) and value.startswith("${")):
+            continue  # null, or an interpolation: checked where it points
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}={value!r} is not true or false (default {str(default).lower()}): "
+                                  f"give {name}=true or {name}=false")
             continue
-        if isinstance(value, str) and value.startswith("${"):
-            continue  # an interpolation: checked where it points
+        if not isinstance(default, (int, float)):
+            continue
         kind = "an integer" if isinstance(default, int) else "a number"
         try:
             if isinstance(value, (bool, list, dict)):

@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> int:
         encoder=str(cfg.encoder), outer_folds=int(cfg.outer_folds),
         inner_folds=int(cfg.inner_folds), repeats=int(cfg.repeats), epochs=int(cfg.epochs),
         grid=to_dict(cfg.grid), batch_size=int(cfg.batch_size), n_tiles=int(cfg.n_tiles),
+        standardize=bool(cfg.standardize),
         n_jobs=int(cfg.n_jobs), seed=int(cfg.seed), cohort_name="demo", log_level=cfg.log_level,
         report=False,  # one combined report at the end
     )

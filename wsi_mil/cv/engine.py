@@ -229,7 +229,8 @@ def _refits_batched(run: CVRun, pending: list[tuple[int, int]], selections: dict
             sel = dict(selections[(r, k)])
             sel["params"] = replace(params, lr=float(lr[0, i]), weight_decay=float(wd[0, i]),
                                     epochs=int(epochs[0, i]), seed=streams[i].seed)
-            out = {"test_scores": tests[i], "seconds": seconds, "state_dict": result.state_dict(0, i)}
+            out = {"test_scores": tests[i], "seconds": seconds, "state_dict": result.state_dict(0, i),
+                   "scaler": result.scalers[i]}
             if trains is not None:
                 out["train_scores"] = trains[i]
             _write(run, r, k, sel, out)

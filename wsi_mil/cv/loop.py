@@ -17,6 +17,7 @@ from loguru import logger
 from wsi_mil.cv import outputs as cv_outputs
 from wsi_mil.cv.run_state import CVRun, _load_inner, _selections, _write, available_cores
 from wsi_mil.data.bags import BagStore
+from wsi_mil.data.scaling import _slide_moments
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.training.fit import FitParams, Targets, fit, predict
 
@@ -55,9 +56,11 @@ def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.n
     _die_with_parent(parent_pid)
     torch.set_num_threads(n_threads)
     result = fit(store, targets, train, params)
-    args = (targets.task, params.n_tiles, params.tile_sampling, params.seed, params.batch_size, params.device)
+    args = (targets.task, params.n_tiles, params.tile_sampling, params.seed, params.batch_size, params.device,
+            result.scaler)
     out = {"test_scores": predict(result.model, store, test, *args), "seconds": result.seconds,
-           "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()}}
+           "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+           "scaler": result.scaler}
     if targets.task == "survival":
         out["train_scores"] = predict(result.model, store, train, *args)
     return out
@@ -71,6 +74,8 @@ def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
     if n_jobs > 1 and s.backend == "loky" and store.memmap_path is None:
         cache = run.run_dir / ".features_cache.npy"
         store = store.to_memmap(cache)
+    if s.standardize:
+        _slide_moments(store)  # once here, sent to the workers with the store (not recomputed per fit)
     try:
         parallel = Parallel(n_jobs=n_jobs, backend=s.backend)
         inner: dict[tuple[int, int], np.ndarray] = {}

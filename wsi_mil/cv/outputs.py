@@ -2,7 +2,9 @@
 
 - ``folds/r{r}_f{k}.json``: one finished outer fold (selection, test metrics,
   predictions, settings fingerprint); a rerun skips folds that have one;
-- ``models/r{r}_f{k}.pt``: ``{model, in_dim, n_outputs, hparams, state_dict}``;
+- ``models/r{r}_f{k}.pt``: ``{model, in_dim, n_outputs, hparams, state_dict, feature_scaler}``
+  (``feature_scaler``: ``{mean, scale}`` of the refit's training tiles when
+  ``standardize=true``, else None; :func:`wsi_mil.reports.tile_scores.load_fold_model` applies it);
 - ``predictions.csv``: slide_id, patient_id, repeat, outer_fold, target (or
   time, event), score (binary probability / survival risk, higher = shorter
   survival) or score_0..score_{K-1} (multiclass probabilities);
@@ -132,6 +134,7 @@ def write_fold(run: CVRun, r: int, k: int, sel: dict, out: dict) -> None:
         with atomic_path(Path(run_dir) / "models" / f"r{r}_f{k}.pt") as tmp:
             torch.save({"model": params.model, "in_dim": in_dim, "n_outputs": targets.n_outputs,
                         "hparams": dict(params.hparams), "state_dict": out["state_dict"],
+                        "feature_scaler": None if out.get("scaler") is None else out["scaler"].state(),
                         "wsi_mil_version": __version__}, tmp)
     record = {
         "row": row, "hparams": dict(params.hparams), "inner_curves": sel["inner_curves"],
@@ -208,7 +211,8 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
         "features_dir": settings.features_dir, "cohort_path": settings.cohort_path,
         "seed": settings.seed, "seconds": round(seconds, 2), "wsi_mil_version": __version__,
         "batch_size": settings.batch_size, "tile_sampling": settings.tile_sampling,
-        "feature_dtype": settings.feature_dtype, "protocol": settings.protocol, "engine": settings.engine,
+        "feature_dtype": settings.feature_dtype, "standardize": settings.standardize,
+        "protocol": settings.protocol, "engine": settings.engine,
         "auc_classes": settings.auc_classes,
     }
     if survival_summary is not None:

@@ -51,6 +51,7 @@ class CVSettings:
     backend: str = "loky"
     device: str = "cpu"
     feature_dtype: str = "float32"
+    standardize: bool = False  # per-fit feature standardisation (moments of each fit's training tiles)
     protocol: str = "default"
     auc_classes: str = "all"  # multiclass macro AUC over "all" classes, or those "present" (the reference)
     encoder: str = ""
@@ -111,7 +112,7 @@ def apply_protocol(settings: CVSettings) -> tuple[CVSettings, list[str]]:
 
     ``reference`` reproduces owkin's HistoSSLscaling where it is not a bug: one
     seeded random 1,000 tiles per slide for every epoch and evaluation, float32
-    features, HIPT-MIL at batch size 1, TransMIL as the reference builds it
+    features (not standardised), HIPT-MIL at batch size 1, TransMIL as the reference builds it
     (``transmil_ref``), 100 epochs for ResNet50 features, multiclass AUC over the
     classes present in a fold. Its intended fixes (refit for the selected number
     of epochs, masks, seeding, Cox ties, DSMIL multiclass) stay.
@@ -119,7 +120,7 @@ def apply_protocol(settings: CVSettings) -> tuple[CVSettings, list[str]]:
     if settings.protocol != "reference":
         return settings, []
     changes: dict[str, Any] = {"tile_sampling": "fixed", "n_tiles": 1000, "feature_dtype": "float32",
-                               "auc_classes": "present"}
+                               "auc_classes": "present", "standardize": False}
     if settings.model == "hipt_mil":
         changes["batch_size"] = 1
     if settings.model == "transmil":

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.errors import ConfigError, EmptyBagError, FileFormatError, NonFiniteFeaturesError
 from wsi_mil.io.feature_sources import feature_shape, read_slide_features, resolve_source
 
@@ -199,10 +200,11 @@ def sample_tiles(n: int, n_tiles: int | None, rng: np.random.Generator | None,
 
 
 def collate(store: BagStore, slide_idx: Sequence[int], n_tiles: int | None = None,
-            rng: np.random.Generator | None = None, mode: str = "random"
+            rng: np.random.Generator | None = None, mode: str = "random", scaler: FeatureScaler | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A padded batch: x (B, Nmax, D) float32 with zeros after each bag, mask (B, Nmax) True = tile."""
-    x, mask = assemble(store, [pick_tiles(store, slide_idx, n_tiles, rng, mode)])
+    """A padded batch: x (B, Nmax, D) float32 with zeros after each bag, mask (B, Nmax) True = tile
+    (standardised by ``scaler`` if given)."""
+    x, mask = assemble(store, [pick_tiles(store, slide_idx, n_tiles, rng, mode)], scalers=[scaler])
     return x[0], mask[0]
 
 
@@ -249,14 +251,26 @@ class BatchBuffer:
 
 
 def assemble(store: BagStore, picks: Sequence[Sequence[Pick | None]], buffer: BatchBuffer | None = None,
-             pooled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             pooled: bool = False, scalers: Sequence[FeatureScaler | None] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded batches of S streams: ``x (S, B, N, D)`` float32, ``mask (S, B, N)``.
 
     ``picks[s][b]`` is bag b of stream s, or None for an empty slot (a
     1-tile bag of zeros, so that heads stay finite; the caller ignores its
     output). Padding is zero. ``pooled=True`` gives each bag as its mean tile
-    ``(S, B, 1, D)`` (for heads with ``pools_by_mean``).
+    ``(S, B, 1, D)`` (for heads with ``pools_by_mean``). ``scalers[s]``
+    standardises stream s's tiles (the mean of scaled tiles is the scaled
+    mean, so pooling is unaffected); padding stays zero.
     """
+    x, mask = _assemble(store, picks, buffer, pooled)
+    for s, scaler in enumerate(scalers or []):
+        if scaler is not None:
+            scaler.apply_(x[s], mask[s])
+    return x, mask
+
+
+def _assemble(store: BagStore, picks: Sequence[Sequence[Pick | None]], buffer: BatchBuffer | None,
+              pooled: bool) -> tuple[torch.Tensor, torch.Tensor]:
     n_streams = len(picks)
     width = max((len(p) for p in picks), default=0)
     if pooled:

@@ -63,6 +63,10 @@ def load_fold_model(path: str | Path, factory: ModelFactory | None = None) -> to
     model = factory(ckpt["model"], int(ckpt["in_dim"]), int(ckpt["n_outputs"]),
                     **dict(ckpt.get("hparams") or {}))
     model.load_state_dict(ckpt["state_dict"])
+    if ckpt.get("feature_scaler") is not None:  # trained on standardised features: scale inputs the same way
+        from wsi_mil.data.scaling import FeatureScaler, ScaledHead
+
+        model = ScaledHead(model, FeatureScaler.from_state(ckpt["feature_scaler"]))
     return model.eval()
 
 

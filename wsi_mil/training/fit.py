@@ -5,6 +5,9 @@ bags padded with a mask; ``n_tiles`` tiles sampled per slide and per epoch
 (``tile_sampling``: ``"random"`` = a new sample every epoch, ``"fixed"`` = one
 seeded sample per slide for every epoch and evaluation (the reference's rule),
 ``"first"`` = the first rows of the feature file; see :func:`~wsi_mil.data.bags.sample_tiles`).
+With ``standardize``, features are scaled by the moments of this fit's
+training tiles (:class:`~wsi_mil.data.scaling.FeatureScaler`), in training
+and in its predictions.
 Training batches are reshuffled each epoch and the last incomplete batch is
 dropped when there is at least one full batch (as the reference). Evaluation
 samples tiles with a generator seeded from ``seed`` only, so a prediction does
@@ -27,6 +30,7 @@ import torch
 
 from wsi_mil.data.bags import BagStore, collate
 from wsi_mil.data.cohort import Cohort
+from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.errors import ConfigError
 from wsi_mil.evaluation import metrics
 from wsi_mil.training.losses import make_loss
@@ -48,6 +52,7 @@ class FitParams:
     tile_sampling: str = "random"
     seed: int = 0
     device: str = "cpu"
+    standardize: bool = False  # scale features by moments of this fit's training tiles (FeatureScaler)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
@@ -100,6 +105,7 @@ class FitResult:
     val_curve: np.ndarray  # (epochs,) primary metric on the validation set after each epoch
     train_loss: np.ndarray  # (epochs,) mean training loss
     seconds: float
+    scaler: FeatureScaler | None = None  # the fit's feature standardisation (params.standardize)
 
 
 def create_head(params: FitParams, in_dim: int, n_outputs: int) -> torch.nn.Module:
@@ -124,13 +130,13 @@ def outputs_to_scores(out: torch.Tensor, task: str) -> np.ndarray:
 @torch.no_grad()
 def predict(model: torch.nn.Module, store: BagStore, idx: np.ndarray, task: str,
             n_tiles: int | None = 1000, tile_sampling: str = "random", seed: int = 0,
-            batch_size: int = 16, device: str = "cpu") -> np.ndarray:
-    """Scores of slides ``idx`` (see :func:`outputs_to_scores`)."""
+            batch_size: int = 16, device: str = "cpu", scaler: FeatureScaler | None = None) -> np.ndarray:
+    """Scores of slides ``idx`` (see :func:`outputs_to_scores`); ``scaler``: the fit's standardisation."""
     model.eval()
     rng = np.random.default_rng([seed, 7919])
     chunks = []
     for start in range(0, len(idx), batch_size):
-        x, mask = collate(store, idx[start:start + batch_size], n_tiles, rng, tile_sampling)
+        x, mask = collate(store, idx[start:start + batch_size], n_tiles, rng, tile_sampling, scaler)
         chunks.append(outputs_to_scores(model(x.to(device), mask.to(device)), task))
     return np.concatenate(chunks) if chunks else np.zeros(0)
 
@@ -141,6 +147,7 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
     t0 = time.perf_counter()
     train_idx = np.asarray(train_idx)
     model = create_head(params, store.dim, targets.n_outputs).to(params.device)
+    scaler = FeatureScaler.fit(store, train_idx) if params.standardize else None
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     loss_fn = make_loss(targets.task, targets.n_outputs)
     rng = np.random.default_rng(params.seed)
@@ -156,7 +163,7 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
         losses = []
         for lo, hi in bounds:
             batch = order[lo:hi]
-            x, mask = collate(store, batch, params.n_tiles, rng, params.tile_sampling)
+            x, mask = collate(store, batch, params.n_tiles, rng, params.tile_sampling, scaler)
             out = model(x.to(params.device), mask.to(params.device))  # (B, C)
             tgt = {k: v.to(params.device) for k, v in targets.batch(batch).items()}
             loss = loss_fn(out, tgt)
@@ -167,7 +174,7 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
         train_loss.append(float(np.mean(losses)))
         if val_idx is not None and len(val_idx):
             scores = predict(model, store, np.asarray(val_idx), targets.task, params.n_tiles,
-                             params.tile_sampling, params.seed, params.batch_size, params.device)
+                             params.tile_sampling, params.seed, params.batch_size, params.device, scaler)
             val_curve.append(targets.score(np.asarray(val_idx), scores))
     return FitResult(model, np.asarray(val_curve, dtype=np.float64), np.asarray(train_loss),
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, scaler)

@@ -7,7 +7,8 @@ trains on stream s with its own learning rate, weight decay and number of
 epochs. Everything random comes from the stream's seed exactly as in
 :func:`wsi_mil.training.fit.fit`: the same initial weights, the same
 minibatch order and the same tile samples, drawn from the same numpy
-generator in the same order. So the G models of a stream share one batch
+generator in the same order, and (``params.standardize``) the same feature
+scaler, fitted on the stream's training slides. So the G models of a stream share one batch
 assembly per step, and every model sees what its one-at-a-time fit would see
 (:func:`fit_stacked` == :func:`~wsi_mil.training.fit.fit` per model, to
 float rounding; tested). Only dropout masks differ: torch draws them for
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from wsi_mil.data.bags import BagStore, BatchBuffer, Pick, assemble, pick_tiles
+from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.models.base import trusted_inputs
 from wsi_mil.training.fit import FitParams, Targets, create_head, outputs_to_scores
@@ -64,6 +66,7 @@ class StackedFitResult:
     seconds: float
     timings: dict[str, float]
     seeds: list[int]
+    scalers: list[FeatureScaler | None]  # per stream: its feature standardisation (params.standardize)
 
     def state_dict(self, g: int, s: int) -> dict[str, torch.Tensor]:
         return self.stacked.state_dict_of(g * self.n_streams + s)
@@ -86,7 +89,7 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
     each epoch.
     """
     t0 = time.perf_counter()
-    lr, weight_decay = np.asarray(lr, dtype=float), np.asarray(weight_decay, dtype=float)
+    lr, weight_decay = np.array(lr, dtype=float), np.array(weight_decay, dtype=float)  # writable copies
     epochs = np.asarray(epochs, dtype=int)
     n_rows, n_streams = epochs.shape
     heads = [create_head(_with_seed(params, streams[s].seed), store.dim, targets.n_outputs)
@@ -95,12 +98,13 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
     del heads
     opt = StackedAdam(list(stacked.parameters()), torch.from_numpy(lr.reshape(-1)),
                       torch.from_numpy(weight_decay.reshape(-1)))
+    scalers = [FeatureScaler.fit(store, st.train_idx) if params.standardize else None for st in streams]
     rngs = [np.random.default_rng(st.seed) for st in streams]
     torch_seeds = [int(r.integers(2**31)) for r in rngs]  # as fit(): keeps the generators aligned
     torch.manual_seed(torch_seeds[0])  # dropout (not per model: one draw for the stacked batch)
     pooled = bool(getattr(stacked.head, "pools_by_mean", False))
     buffer = BatchBuffer()  # shared by training steps and evaluation (never in use at once)
-    evaluator = _Evaluator(store, targets, streams, params, pooled, n_rows, chunk_bytes, buffer)
+    evaluator = _Evaluator(store, targets, streams, params, pooled, n_rows, chunk_bytes, buffer, scalers)
     max_epochs = int(epochs.max())
     curves = np.full((n_rows, n_streams, max_epochs), np.nan)
     timings = {"assemble": 0.0, "train": 0.0, "optimizer": 0.0, "evaluate": 0.0}
@@ -129,7 +133,7 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
                 if not any(len(p) for p in picks[s0:s1]):
                     continue  # no stream of the group has a batch at this step
                 tg = time.perf_counter()
-                x, mask = assemble(store, picks[s0:s1], buffer, pooled)  # (S', B, N, D), (S', B, N)
+                x, mask = assemble(store, picks[s0:s1], buffer, pooled, scalers[s0:s1])  # (S', B, N, D), (S', B, N)
                 t_asm += time.perf_counter() - tg
                 _train_step(stacked, targets, x.to(params.device), mask.to(params.device), idx[s0:s1],
                             step_active, (s0, s1), chunk_bytes)
@@ -147,7 +151,7 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
         if progress is not None:
             progress(epoch + 1, max_epochs)
     return StackedFitResult(stacked, curves, n_rows, n_streams, time.perf_counter() - t0, timings,
-                            [int(st.seed) for st in streams])
+                            [int(st.seed) for st in streams], scalers)
 
 
 def predict_stacked(result: StackedFitResult, store: BagStore, targets: Targets,
@@ -156,7 +160,8 @@ def predict_stacked(result: StackedFitResult, store: BagStore, targets: Targets,
     streams = [Stream(np.zeros(0, dtype=np.int64), np.asarray(i), seed=result.seeds[s])
                for s, i in enumerate(idx)]
     pooled = bool(getattr(result.stacked.head, "pools_by_mean", False))
-    return _Evaluator(store, targets, streams, params, pooled, result.n_rows, CHUNK_BYTES).scores(result.stacked)
+    return _Evaluator(store, targets, streams, params, pooled, result.n_rows, CHUNK_BYTES,
+                      scalers=result.scalers).scores(result.stacked)
 
 
 def _with_seed(params: FitParams, seed: int) -> FitParams:
@@ -271,8 +276,10 @@ class _Evaluator:
     """Scores of every model on its stream's validation slides, same tile samples each call."""
 
     def __init__(self, store: BagStore, targets: Targets, streams: Sequence[Stream], params: FitParams,
-                 pooled: bool, n_rows: int, chunk_bytes: int, buffer: BatchBuffer | None = None) -> None:
+                 pooled: bool, n_rows: int, chunk_bytes: int, buffer: BatchBuffer | None = None,
+                 scalers: Sequence[FeatureScaler | None] | None = None) -> None:
         self.store, self.targets, self.pooled, self.n_rows = store, targets, pooled, n_rows
+        self.scalers = list(scalers) if scalers is not None else [None] * len(streams)
         self.chunk_bytes = chunk_bytes
         self.val = [np.zeros(0, dtype=np.int64) if st.val_idx is None else np.asarray(st.val_idx)
                     for st in streams]
@@ -303,7 +310,8 @@ class _Evaluator:
             for s0, s1 in _stream_groups(self.store, picks, self.pooled, self.chunk_bytes):
                 if not any(len(p) for p in picks[s0:s1]):
                     continue
-                x, mask = assemble(self.store, picks[s0:s1], None if self._cacheable else self._buffer, self.pooled)
+                x, mask = assemble(self.store, picks[s0:s1], None if self._cacheable else self._buffer, self.pooled,
+                                   self.scalers[s0:s1])
                 if cache is not None:
                     cache.append((k, (s0, s1), x, mask))
                 yield k, (s0, s1), x, mask

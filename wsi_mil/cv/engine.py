@@ -98,7 +98,7 @@ def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings
         )
     # finished work is reused only for the same settings, targets, features and plan
     fingerprint = {**settings.fingerprint(), "data": _data_fingerprint(cohort, plan, settings)}
-    run = CVRun(cohort, store, plan, settings, Targets.from_cohort(cohort, settings.auc_classes),
+    run = CVRun(cohort, store, plan, settings, Targets.from_cohort(cohort, settings.auc_classes, settings.multiclass_scores),
                 grid_points(settings), run_dir, fingerprint)
     pending = []
     for r, folds in enumerate(plan.repeats):

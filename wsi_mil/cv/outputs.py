@@ -7,7 +7,8 @@
   ``standardize=true``, else None; :func:`wsi_mil.reports.tile_scores.load_fold_model` applies it);
 - ``predictions.csv``: slide_id, patient_id, repeat, outer_fold, target (or
   time, event), score (binary probability / survival risk, higher = shorter
-  survival) or score_0..score_{K-1} (multiclass probabilities);
+  survival) or score_0..score_{K-1} (multiclass probabilities; logits under
+  ``protocol=reference``, whose AUC is computed on logits);
 - ``folds.csv``: repeat, outer_fold, metrics, lr, weight_decay, epochs, other
   selected hparams, inner_score, n_train, n_test (+ train_risk_median);
 - ``summary.json``: task, encoder, model, metric, mean, sd (ddof=1), std_ref
@@ -213,7 +214,7 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
         "batch_size": settings.batch_size, "tile_sampling": settings.tile_sampling,
         "feature_dtype": settings.feature_dtype, "standardize": settings.standardize,
         "protocol": settings.protocol, "engine": settings.engine,
-        "auc_classes": settings.auc_classes,
+        "auc_classes": settings.auc_classes, "multiclass_scores": settings.multiclass_scores,
     }
     if survival_summary is not None:
         summary["survival_metrics"] = survival_summary

@@ -54,6 +54,7 @@ class CVSettings:
     standardize: bool = False  # per-fit feature standardisation (moments of each fit's training tiles)
     protocol: str = "default"
     auc_classes: str = "all"  # multiclass macro AUC over "all" classes, or those "present" (the reference)
+    multiclass_scores: str = "probabilities"  # multiclass scores (predictions, AUC): "probabilities" | "logits"
     encoder: str = ""
     features_dir: str = ""
     cohort_path: str = ""
@@ -66,6 +67,8 @@ class CVSettings:
             raise ConfigError(f"protocol {self.protocol!r}; choose one of {PROTOCOLS}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r}; choose one of {ENGINES}")
+        if self.multiclass_scores not in ("probabilities", "logits"):
+            raise ConfigError(f"multiclass_scores {self.multiclass_scores!r}; choose probabilities or logits")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r}; choose one of {BACKENDS}")
         for name, values in self.grid.items():
@@ -113,14 +116,14 @@ def apply_protocol(settings: CVSettings) -> tuple[CVSettings, list[str]]:
     ``reference`` reproduces owkin's HistoSSLscaling where it is not a bug: one
     seeded random 1,000 tiles per slide for every epoch and evaluation, float32
     features (not standardised), HIPT-MIL at batch size 1, TransMIL as the reference builds it
-    (``transmil_ref``), 100 epochs for ResNet50 features, multiclass AUC over the
-    classes present in a fold. Its intended fixes (refit for the selected number
+    (``transmil_ref``), 100 epochs for ResNet50 features, multiclass one-vs-rest AUC on
+    the logits over the classes present in a fold (predictions then hold logits). Its intended fixes (refit for the selected number
     of epochs, masks, seeding, Cox ties, DSMIL multiclass) stay.
     """
     if settings.protocol != "reference":
         return settings, []
     changes: dict[str, Any] = {"tile_sampling": "fixed", "n_tiles": 1000, "feature_dtype": "float32",
-                               "auc_classes": "present", "standardize": False}
+                               "auc_classes": "present", "multiclass_scores": "logits", "standardize": False}
     if settings.model == "hipt_mil":
         changes["batch_size"] = 1
     if settings.model == "transmil":

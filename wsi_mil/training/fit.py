@@ -72,12 +72,15 @@ class Targets:
     time: np.ndarray | None = None
     event: np.ndarray | None = None
     auc_classes: str = "all"  # multiclass macro AUC over all classes, or those "present" (reference)
+    multiclass_scores: str = "probabilities"  # multiclass scores: softmax "probabilities" or raw "logits" (reference)
 
     @classmethod
-    def from_cohort(cls, cohort: Cohort, auc_classes: str = "all") -> Targets:
+    def from_cohort(cls, cohort: Cohort, auc_classes: str = "all",
+                    multiclass_scores: str = "probabilities") -> Targets:
         if cohort.task == "survival":
             return cls("survival", 1, time=cohort.time, event=cohort.event)
-        return cls("classification", cohort.n_outputs, y=cohort.y, auc_classes=auc_classes)
+        return cls("classification", cohort.n_outputs, y=cohort.y, auc_classes=auc_classes,
+                   multiclass_scores=multiclass_scores)
 
     @property
     def metric_name(self) -> str:
@@ -117,27 +120,37 @@ def create_head(params: FitParams, in_dim: int, n_outputs: int) -> torch.nn.Modu
         return create_model(params.model, in_dim, n_outputs, **params.hparams)
 
 
-def outputs_to_scores(out: torch.Tensor, task: str) -> np.ndarray:
-    """Model outputs (B, C) -> scores: sigmoid (B,) binary, softmax (B, C) multiclass, risk (B,) survival."""
+MULTICLASS_SCORES = ("probabilities", "logits")
+
+
+def outputs_to_scores(out: torch.Tensor, task: str, multiclass_scores: str = "probabilities") -> np.ndarray:
+    """Model outputs (B, C) -> scores: sigmoid (B,) binary, risk (B,) survival, and for a
+    multiclass task softmax probabilities (B, C) or, with ``multiclass_scores="logits"``, the
+    raw logits (B, C) (the reference scores its one-vs-rest AUC on logits; the argmax is the same)."""
+    if multiclass_scores not in MULTICLASS_SCORES:
+        raise ConfigError(f"multiclass_scores {multiclass_scores!r}; choose one of {MULTICLASS_SCORES}")
     out = out.detach().float().cpu()
     if task == "survival":
         return out[:, 0].numpy().astype(np.float64)
     if out.shape[1] == 1:
         return torch.sigmoid(out[:, 0]).numpy().astype(np.float64)
+    if multiclass_scores == "logits":
+        return out.numpy().astype(np.float64)
     return torch.softmax(out, dim=1).numpy().astype(np.float64)
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, store: BagStore, idx: np.ndarray, task: str,
             n_tiles: int | None = 1000, tile_sampling: str = "random", seed: int = 0,
-            batch_size: int = 16, device: str = "cpu", scaler: FeatureScaler | None = None) -> np.ndarray:
+            batch_size: int = 16, device: str = "cpu", scaler: FeatureScaler | None = None,
+            multiclass_scores: str = "probabilities") -> np.ndarray:
     """Scores of slides ``idx`` (see :func:`outputs_to_scores`); ``scaler``: the fit's standardisation."""
     model.eval()
     rng = np.random.default_rng([seed, 7919])
     chunks = []
     for start in range(0, len(idx), batch_size):
         x, mask = collate(store, idx[start:start + batch_size], n_tiles, rng, tile_sampling, scaler)
-        chunks.append(outputs_to_scores(model(x.to(device), mask.to(device)), task))
+        chunks.append(outputs_to_scores(model(x.to(device), mask.to(device)), task, multiclass_scores))
     return np.concatenate(chunks) if chunks else np.zeros(0)
 
 
@@ -174,7 +187,8 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
         train_loss.append(float(np.mean(losses)))
         if val_idx is not None and len(val_idx):
             scores = predict(model, store, np.asarray(val_idx), targets.task, params.n_tiles,
-                             params.tile_sampling, params.seed, params.batch_size, params.device, scaler)
+                             params.tile_sampling, params.seed, params.batch_size, params.device, scaler,
+                             targets.multiclass_scores)
             val_curve.append(targets.score(np.asarray(val_idx), scores))
     return FitResult(model, np.asarray(val_curve, dtype=np.float64), np.asarray(train_loss),
                      time.perf_counter() - t0, scaler)

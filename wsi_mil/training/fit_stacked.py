@@ -332,7 +332,8 @@ class _Evaluator:
                         for s in range(s0, s1):
                             if k < len(self.steps[s]):
                                 n = len(self.steps[s][k])
-                                parts[g0 + r][s].append(outputs_to_scores(out[r, s - s0, :n], self.targets.task))
+                                parts[g0 + r][s].append(outputs_to_scores(
+                                    out[r, s - s0, :n], self.targets.task, self.targets.multiclass_scores))
         return [[np.concatenate(p) if p else np.zeros(0) for p in row] for row in parts]
 
     def curve(self, stacked: StackedHeads) -> np.ndarray:

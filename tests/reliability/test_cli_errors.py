@@ -60,6 +60,9 @@ def test_cli_errors_are_one_named_line_with_the_right_exit_code(tmp_path, cmu_sl
         ("cv", f"cohort={tmp_path / 'no_events.csv'}", "task=survival", f"features_dir={feats}",
          f"output_dir={tmp_path / 'cv2'}"):
             (2, "TargetError: survival cohort in "),
+        ("cv", f"cohort={cohort}", f"features_dir={feats}", f"output_dir={tmp_path / 'cv3'}", "standardize=yes"):
+            (2, "ConfigError: standardize='yes' is not true or false (default false): give standardize=true "
+                "or standardize=false"),
     }
     procs = {args: _cli(*args) for args in cases}
     for args, proc in procs.items():

@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from wsi_mil.cv.engine import CVSettings, grid_points, run_cv, select
 from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import make_cohort, read_cohort
 from wsi_mil.data.folds import make_fold_plan
-from wsi_mil.errors import StaleOutputError
+from wsi_mil.errors import ConfigError, StaleOutputError
 from wsi_mil.testing.synthetic_cohort import write_synthetic_cohort
 
 FAST = {"batch_size": 8, "n_tiles": 32}
@@ -145,6 +146,42 @@ def test_selection_takes_the_best_mean_inner_curve_first_grid_point_and_fewest_e
                        [[0.6, 0.8, np.nan], [0.6, 0.8, 0.8]]])  # grid 1: mean [0.6, 0.8, 0.8]
     assert select(curves) == (0, 2, pytest.approx(0.8))
     assert select(np.full((2, 2, 3), np.nan))[:2] == (0, 3)
+
+
+def test_selection_breaks_metric_ties_by_the_lowest_mean_inner_loss():
+    # the AUC saturates at 1.0 from epoch 2 in both grid points; the loss keeps falling until epoch 3
+    curves = np.array([[[0.8, 1.0, 1.0, 1.0], [0.8, 1.0, 1.0, 1.0]],
+                       [[0.9, 1.0, 1.0, 0.9], [0.9, 1.0, 1.0, 1.0]]])
+    loss = np.array([[[0.6, 0.5, 0.4, 0.45], [0.6, 0.5, 0.4, 0.45]],
+                     [[0.5, 0.45, 0.35, 0.3], [0.5, 0.45, 0.35, 0.3]]])
+    assert select(curves, loss) == (1, 3, 1.0)  # grid 1 epoch 4 has a lower loss but not the best AUC
+    assert select(curves, loss, tiebreak="first") == (0, 2, 1.0)  # the reference's argmax
+    assert select(curves, np.full_like(loss, np.nan)) == (0, 2, 1.0)  # no loss: first
+    with pytest.raises(ConfigError, match="tie-break"):
+        select(curves, loss, tiebreak="last")
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multiclass_logits", "survival"])
+def test_validation_loss_is_the_training_loss_of_the_scores(kind):
+    from wsi_mil.training.fit import Targets, outputs_to_scores
+    from wsi_mil.training.losses import make_loss
+
+    rng = np.random.default_rng(0)
+    n, c = 30, (1 if kind in ("binary", "survival") else 3)
+    out = torch.from_numpy(rng.normal(size=(n, c)) * 2)
+    idx = np.arange(n)
+    if kind == "survival":
+        t = Targets("survival", 1, time=rng.integers(1, 8, size=n).astype(float), event=rng.random(n) < 0.6)
+        tgt = {"time": torch.from_numpy(t.time), "event": torch.from_numpy(t.event)}
+        task = "survival"
+    else:
+        t = Targets("classification", c, y=rng.integers(0, max(c, 2), size=n),
+                    multiclass_scores="logits" if kind.endswith("logits") else "probabilities")
+        tgt = {"y": torch.from_numpy(t.y)}
+        task = "classification"
+    want = float(make_loss(task, c)(out, tgt))
+    got = t.loss(idx, outputs_to_scores(out, task, t.multiclass_scores))
+    assert got == pytest.approx(want, rel=1e-6)
 
 
 def test_grid_includes_head_hyperparameters():

@@ -8,7 +8,8 @@ Protocol (``mode="nested"``), for each repeat r and outer fold k of a
    inner-validation slides after every epoch -> curve (epochs,);
 2. average the curves over inner folds (NaN-aware) and pick the pair
    (g, number of epochs) with the best mean inner-validation metric (ties:
-   first grid point, fewest epochs);
+   lowest mean inner-validation loss, then first grid point, fewest epochs;
+   ``selection_tiebreak="first"``, the reference's rule, skips the loss);
 3. refit on the whole outer-train part with g for exactly that many epochs;
 4. score the outer-test slides once. The outer test fold influences nothing.
 
@@ -171,14 +172,14 @@ def _run_batched(run: CVRun, pending: list[tuple[int, int]]) -> None:
 
 
 def _inner_block(run: CVRun, block: list[tuple[int, int]], label: str) -> dict[tuple[int, int], np.ndarray]:
-    """Curves (G, J, E) of every outer fold of ``block``, all its fits trained together."""
+    """Curves (2, G, J, E) (metric, loss) of every outer fold of ``block``, all its fits trained together."""
     s, plan = run.settings, run.plan
     streams, where = [], []
     for r, k in block:
         for j, (tr, va) in enumerate(plan.repeats[r][k].inner):
             streams.append(Stream(np.asarray(tr), np.asarray(va), run.inner_seed(r, k, j)))
             where.append((r, k, j))
-    curves = {rk: np.full((len(run.points), plan.n_inner, s.epochs), np.nan) for rk in block}
+    curves = {rk: np.full((2, len(run.points), plan.n_inner, s.epochs), np.nan) for rk in block}  # metric, loss
     groups: dict[str, list[int]] = defaultdict(list)
     for g, point in enumerate(run.points):
         groups[_hparam_key(point)].append(g)
@@ -194,7 +195,7 @@ def _inner_block(run: CVRun, block: list[tuple[int, int]], label: str) -> dict[t
                              lr, wd, np.full(shape, s.epochs), progress=_Progress(label))
         for i, g in enumerate(rows):
             for st, (r, k, j) in enumerate(where):
-                curves[(r, k)][g, j] = result.curves[i, st]
+                curves[(r, k)][:, g, j] = result.curves[i, st], result.loss_curves[i, st]
         for name, sec in result.timings.items():
             run.timings[name] += sec
     logger.info("{}: done in {:.1f} s", label, time.perf_counter() - t0)

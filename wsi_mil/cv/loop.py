@@ -48,7 +48,8 @@ def _inner_task(store: BagStore, targets: Targets, train: np.ndarray, val: np.nd
     torch.set_num_threads(n_threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
-        return fit(store, targets, train, params, val_idx=val).val_curve
+        res = fit(store, targets, train, params, val_idx=val)
+        return np.stack([res.val_curve, res.val_loss])  # (2, E): metric, loss
 
 
 def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.ndarray,
@@ -91,9 +92,9 @@ def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
                         keys.append((g, j))
                 t0 = time.perf_counter()
                 logger.info("inner fits of repeat {} fold {}: {} fits ({} threads each)", r, k, len(jobs), n_threads)
-                curves = np.full((len(run.points), run.plan.n_inner, s.epochs), np.nan)
+                curves = np.full((2, len(run.points), run.plan.n_inner, s.epochs), np.nan)  # metric, loss
                 for (g, j), c in zip(keys, parallel(jobs), strict=True):
-                    curves[g, j, : len(c)] = c
+                    curves[:, g, j, : c.shape[1]] = c
                 cv_outputs.write_inner(run.run_dir, r, k, curves, run.fingerprint)
                 inner[(r, k)] = curves
                 logger.info("inner fits of repeat {} fold {}: done in {:.1f} s", r, k, time.perf_counter() - t0)

@@ -83,15 +83,18 @@ def inner_path(run_dir: Path, r: int, k: int) -> Path:
 
 
 def write_inner(run_dir: Path, r: int, k: int, curves: np.ndarray, fingerprint: dict) -> None:
-    """Checkpoint the inner curves (G, J, E) of outer fold (r, k)."""
+    """Checkpoint the inner curves ``(2, G, J, E)`` (metric, loss) of outer fold (r, k)."""
+    def listed(a: np.ndarray) -> list:
+        return [[[None if np.isnan(v) else float(v) for v in c] for c in gj] for gj in a]
+
     write_json_atomic(inner_path(run_dir, r, k), {
-        "curves": [[[None if np.isnan(v) else float(v) for v in c] for c in gj] for gj in curves],
-        "settings": fingerprint,
+        "curves": listed(curves[0]), "loss_curves": listed(curves[1]), "settings": fingerprint,
     })
 
 
 def read_inner(run_dir: Path, r: int, k: int, fingerprint: dict) -> np.ndarray | None:
-    """The checkpointed inner curves of (r, k), or None if absent, unreadable or made with other settings."""
+    """The checkpointed inner curves ``(2, G, J, E)`` of (r, k), or None if absent, unreadable or made
+    with other settings."""
     path = inner_path(run_dir, r, k)
     if not path.exists():
         return None
@@ -99,9 +102,9 @@ def read_inner(run_dir: Path, r: int, k: int, fingerprint: dict) -> np.ndarray |
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError):
         return None
-    if d.get("settings") != fingerprint:
+    if d.get("settings") != fingerprint or "loss_curves" not in d:
         return None
-    return np.array(d["curves"], dtype=float)
+    return np.stack([np.array(d["curves"], dtype=float), np.array(d["loss_curves"], dtype=float)])
 
 
 def write_fold(run: CVRun, r: int, k: int, sel: dict, out: dict) -> None:
@@ -139,6 +142,7 @@ def write_fold(run: CVRun, r: int, k: int, sel: dict, out: dict) -> None:
                         "wsi_mil_version": __version__}, tmp)
     record = {
         "row": row, "hparams": dict(params.hparams), "inner_curves": sel["inner_curves"],
+        "inner_loss_curves": sel.get("inner_loss_curves"),
         "seconds": round(float(out["seconds"]), 3),
         "predictions": preds.to_dict(orient="list"), "settings": fingerprint,
     }

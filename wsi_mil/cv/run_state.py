@@ -63,13 +63,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _select_fold(run: CVRun, r: int, k: int, curves: np.ndarray) -> dict:
-    g, epochs, score = select(curves)
+def _select_fold(run: CVRun, r: int, k: int, inner: np.ndarray) -> dict:
+    curves, loss_curves = inner  # (G, J, E) metric and loss
+    g, epochs, score = select(curves, loss_curves, run.settings.selection_tiebreak)
     if np.isnan(score):
         logger.warning("repeat {} fold {}: inner metric undefined everywhere; using grid point 0, {} epochs",
                        r, k, epochs)
     return {"point": run.points[g], "epochs": epochs, "inner_score": score,
-            "inner_curves": _nanmean_curves(curves).tolist()}
+            "inner_curves": _nanmean_curves(curves).tolist(),
+            "inner_loss_curves": _nanmean_curves(loss_curves).tolist()}
 
 
 def _nanmean_curves(curves: np.ndarray) -> np.ndarray:

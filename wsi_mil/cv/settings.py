@@ -55,6 +55,7 @@ class CVSettings:
     protocol: str = "default"
     auc_classes: str = "all"  # multiclass macro AUC over "all" classes, or those "present" (the reference)
     multiclass_scores: str = "probabilities"  # multiclass scores (predictions, AUC): "probabilities" | "logits"
+    selection_tiebreak: str = "loss"  # equal inner metrics: lowest inner loss ("loss") or first/fewest epochs
     encoder: str = ""
     features_dir: str = ""
     cohort_path: str = ""
@@ -67,6 +68,8 @@ class CVSettings:
             raise ConfigError(f"protocol {self.protocol!r}; choose one of {PROTOCOLS}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r}; choose one of {ENGINES}")
+        if self.selection_tiebreak not in ("loss", "first"):
+            raise ConfigError(f"selection_tiebreak {self.selection_tiebreak!r}; choose loss or first")
         if self.multiclass_scores not in ("probabilities", "logits"):
             raise ConfigError(f"multiclass_scores {self.multiclass_scores!r}; choose probabilities or logits")
         if self.backend not in BACKENDS:
@@ -117,13 +120,15 @@ def apply_protocol(settings: CVSettings) -> tuple[CVSettings, list[str]]:
     seeded random 1,000 tiles per slide for every epoch and evaluation, float32
     features (not standardised), HIPT-MIL at batch size 1, TransMIL as the reference builds it
     (``transmil_ref``), 100 epochs for ResNet50 features, multiclass one-vs-rest AUC on
-    the logits over the classes present in a fold (predictions then hold logits). Its intended fixes (refit for the selected number
+    the logits over the classes present in a fold (predictions then hold logits), and
+    selection ties broken by the first grid point and fewest epochs (argmax). Its intended fixes (refit for the selected number
     of epochs, masks, seeding, Cox ties, DSMIL multiclass) stay.
     """
     if settings.protocol != "reference":
         return settings, []
     changes: dict[str, Any] = {"tile_sampling": "fixed", "n_tiles": 1000, "feature_dtype": "float32",
-                               "auc_classes": "present", "multiclass_scores": "logits", "standardize": False}
+                               "auc_classes": "present", "multiclass_scores": "logits", "standardize": False,
+                               "selection_tiebreak": "first"}
     if settings.model == "hipt_mil":
         changes["batch_size"] = 1
     if settings.model == "transmil":

@@ -33,7 +33,7 @@ from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.errors import ConfigError
 from wsi_mil.evaluation import metrics
-from wsi_mil.training.losses import make_loss
+from wsi_mil.training.losses import cox_loss, make_loss
 
 _INIT_LOCK = threading.Lock()
 
@@ -101,6 +101,27 @@ class Targets:
             return metrics.auc(self.y[idx], scores)
         return metrics.macro_ovr_auc(self.y[idx], scores, classes=self.auc_classes)
 
+    def loss(self, idx: np.ndarray, scores: np.ndarray) -> float:
+        """The training loss of predictions ``scores`` for rows ``idx`` (mean over slides; Cox:
+        Breslow partial likelihood): the selection's tie-break between equal validation metrics."""
+        idx = np.asarray(idx)
+        if len(idx) == 0:
+            return float("nan")
+        if self.task == "survival":
+            return float(cox_loss(torch.as_tensor(scores, dtype=torch.float64), torch.from_numpy(self.time[idx]),
+                                  torch.from_numpy(self.event[idx])))
+        y = self.y[idx].astype(int)
+        if self.n_outputs == 1:
+            p = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1 - 1e-12)
+            return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+        s = np.asarray(scores, dtype=np.float64)
+        if self.multiclass_scores == "logits":
+            log_p = s - s.max(1, keepdims=True)
+            log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        else:
+            log_p = np.log(np.clip(s, 1e-12, None))
+        return float(-np.mean(log_p[np.arange(len(y)), y]))
+
 
 @dataclass
 class FitResult:
@@ -109,6 +130,7 @@ class FitResult:
     train_loss: np.ndarray  # (epochs,) mean training loss
     seconds: float
     scaler: FeatureScaler | None = None  # the fit's feature standardisation (params.standardize)
+    val_loss: np.ndarray | None = None  # (epochs,) loss on the validation set after each epoch
 
 
 def create_head(params: FitParams, in_dim: int, n_outputs: int) -> torch.nn.Module:
@@ -167,7 +189,7 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
     torch_gen_seed = int(rng.integers(2**31))
     torch.manual_seed(torch_gen_seed)  # dropout etc. (process-local in worker processes)
     n_full = len(train_idx) // params.batch_size
-    val_curve, train_loss = [], []
+    val_curve, val_loss, train_loss = [], [], []
     for _ in range(params.epochs):
         model.train()
         order = rng.permutation(train_idx)
@@ -190,5 +212,6 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
                              params.tile_sampling, params.seed, params.batch_size, params.device, scaler,
                              targets.multiclass_scores)
             val_curve.append(targets.score(np.asarray(val_idx), scores))
+            val_loss.append(targets.loss(np.asarray(val_idx), scores))
     return FitResult(model, np.asarray(val_curve, dtype=np.float64), np.asarray(train_loss),
-                     time.perf_counter() - t0, scaler)
+                     time.perf_counter() - t0, scaler, np.asarray(val_loss, dtype=np.float64))

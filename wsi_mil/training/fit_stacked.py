@@ -61,6 +61,7 @@ class Stream:
 class StackedFitResult:
     stacked: StackedHeads
     curves: np.ndarray  # (G, S, E): validation metric after each epoch, NaN where none
+    loss_curves: np.ndarray  # (G, S, E): validation loss after each epoch, NaN where none
     n_rows: int
     n_streams: int
     seconds: float
@@ -107,6 +108,7 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
     evaluator = _Evaluator(store, targets, streams, params, pooled, n_rows, chunk_bytes, buffer, scalers)
     max_epochs = int(epochs.max())
     curves = np.full((n_rows, n_streams, max_epochs), np.nan)
+    loss_curves = np.full((n_rows, n_streams, max_epochs), np.nan)
     timings = {"assemble": 0.0, "train": 0.0, "optimizer": 0.0, "evaluate": 0.0}
     for epoch in range(max_epochs):
         active = epoch < epochs  # (G, S)
@@ -146,11 +148,13 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
             timings["optimizer"] += td - tc
         te = time.perf_counter()
         if evaluator.has_val:
-            curves[:, :, epoch] = np.where(active, evaluator.curve(stacked), np.nan)
+            metric, loss = evaluator.curve(stacked)
+            curves[:, :, epoch] = np.where(active, metric, np.nan)
+            loss_curves[:, :, epoch] = np.where(active, loss, np.nan)
         timings["evaluate"] += time.perf_counter() - te
         if progress is not None:
             progress(epoch + 1, max_epochs)
-    return StackedFitResult(stacked, curves, n_rows, n_streams, time.perf_counter() - t0, timings,
+    return StackedFitResult(stacked, curves, loss_curves, n_rows, n_streams, time.perf_counter() - t0, timings,
                             [int(st.seed) for st in streams], scalers)
 
 
@@ -336,14 +340,16 @@ class _Evaluator:
                                     out[r, s - s0, :n], self.targets.task, self.targets.multiclass_scores))
         return [[np.concatenate(p) if p else np.zeros(0) for p in row] for row in parts]
 
-    def curve(self, stacked: StackedHeads) -> np.ndarray:
-        """Validation metric ``(G, S)`` of every model now."""
+    def curve(self, stacked: StackedHeads) -> tuple[np.ndarray, np.ndarray]:
+        """Validation metric and loss ``(G, S)`` of every model now."""
         scores = self.scores(stacked)
         out = np.full((self.n_rows, len(self.steps)), np.nan)
+        loss = np.full((self.n_rows, len(self.steps)), np.nan)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MetricWarning)
             for g in range(self.n_rows):
                 for s, v in enumerate(self.val):
                     if len(v):
                         out[g, s] = self.targets.score(v, scores[g][s])
-        return out
+                        loss[g, s] = self.targets.loss(v, scores[g][s])
+        return out, loss

@@ -9,7 +9,9 @@ is refused with the slide ids when the store is built.
 
 Batches are assembled by :func:`assemble` into a reusable buffer
 (:class:`BatchBuffer`) from index arrays: one tile sample per bag, no Python
-lists of feature rows, no fresh allocation per batch.
+lists of feature rows, no fresh allocation per batch. :func:`assemble_packed`
+gives the same bags without padding, each stream's bags one after another
+(the layout of :class:`~wsi_mil.models.layers.Packing`).
 The store can be moved to a read-only memory-mapped ``.npy`` file
 (:meth:`BagStore.to_memmap`) so that worker processes share the same pages
 instead of receiving a copy: pickling such a store sends only the file path.
@@ -304,3 +306,52 @@ def assemble(store: BagStore, picks: Sequence[Sequence[Pick | None]], buffer: Ba
             mask[s, b, :n] = True
             mask[s, b, n:] = False
     return x, mask
+
+
+def bag_sizes(store: BagStore, picks: Sequence[Sequence[Pick | None]]) -> np.ndarray:
+    """Tiles per bag ``(S, B)`` of the batches ``picks`` (1 for an empty slot, as :func:`assemble`)."""
+    width = max((len(p) for p in picks), default=0)
+    sizes = np.ones((len(picks), width), dtype=np.int64)
+    for s, row in enumerate(picks):
+        for b, slot in enumerate(row):
+            if slot is not None:
+                i, tiles = slot
+                sizes[s, b] = int(store.n_tiles[i]) if tiles is None else len(tiles)
+    return sizes
+
+
+def assemble_packed(store: BagStore, picks: Sequence[Sequence[Pick | None]],
+                    buffer: BatchBuffer | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Packed batches of S streams: ``x (S, T, D)`` float32 and ``sizes (S, B)``.
+
+    Stream s holds its bags one after another, bag b's ``sizes[s, b]``
+    tiles (the tiles :func:`assemble` gives it, in the same order), then
+    zeros up to T, the largest total of a stream. An empty slot is a 1-tile
+    bag of zeros, as in :func:`assemble`.
+    """
+    sizes = bag_sizes(store, picks)  # (S, B)
+    totals = sizes.sum(1)  # (S,)
+    shape = (len(picks), max(1, int(totals.max(initial=1))), store.dim)
+    x = torch.empty(shape) if buffer is None else buffer.take(shape)[0]
+    feats = store.tensor
+    for s, row in enumerate(picks):
+        parts, empty, start = [], [], 0
+        for b in range(sizes.shape[1]):
+            slot = row[b] if b < len(row) else None
+            if slot is None:
+                parts.append(np.zeros(1, dtype=np.int64))
+                empty.append(start)
+            else:
+                i, tiles = slot
+                first = int(store.offsets[i])
+                parts.append(np.arange(first, first + sizes[s, b]) if tiles is None else first + tiles)
+            start += int(sizes[s, b])
+        if parts:
+            rows = torch.from_numpy(np.concatenate(parts))  # (total,) rows of the store
+            if feats.dtype == x.dtype:
+                torch.index_select(feats, 0, rows, out=x[s, :start])
+            else:
+                x[s, :start] = feats[rows]
+            x[s, empty] = 0.0
+        x[s, start:].zero_()
+    return x, sizes

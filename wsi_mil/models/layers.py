@@ -2,6 +2,11 @@
 
 Every masked operation takes ``mask (B, N)`` bool, True = real tile, and
 guarantees that padded tiles have no influence on the result.
+
+:class:`Packing` is the map of a *packed* batch (the batched engine's layout
+for small bags of varying size): the per-tile layers of a head run on the
+real tiles only, its per-bag operations on a padded view of small per-tile
+values (scores, attention logits) or on segment sums.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from wsi_mil.errors import ConfigError, EmptyBagError
 from wsi_mil.models.base import check_choice
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -134,3 +140,67 @@ def masked_extremes(
         values.append(low.masked_fill(~real.gather(1, low_idx), 0.0))
         indices.append(low_idx)
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
+
+
+class Packing:
+    """Where the bags of M models lie in a packed batch ``x (M, T, D)``.
+
+    Model m's B bags are concatenated: bag b's ``sizes[m, b]`` tiles follow
+    bag b - 1's, and rows after the model's total are padding (zeros in the
+    engine's batches; never read). T is at least the largest total. So a
+    per-tile layer (a Linear, an activation) runs on ``(M, T, ...)`` as on a
+    padded batch, with no work on padding beyond ``T - total`` rows per
+    model, and per-bag operations use the maps below. Bag ``m * B + b`` is
+    model m's bag b, the order of a folded padded batch ``(M * B, N, D)``.
+
+    - :meth:`unpack` per-tile values ``(M, T, ...)`` -> padded ``(M * B, N, ...)``
+      (N = largest bag; ``mask (M * B, N)`` True = real tile; padded slots
+      repeat the bag's last tile, so masked operations see finite values);
+    - :meth:`pack` the inverse, padded ``(M * B, N, ...)`` -> ``(M * T, ...)``;
+    - :meth:`bag_sum` per-tile values ``(M * T, ...)`` -> per-bag sums ``(M * B, ...)``;
+    - :meth:`to_tiles` per-bag values ``(M * B, ...)`` -> each tile's bag's ``(M * T, ...)``.
+
+    Unpacking is meant for small values (one or a few per tile): the wide
+    per-tile activations stay packed.
+    """
+
+    def __init__(self, sizes: Tensor, n_rows: int, device: torch.device | str | None = None) -> None:
+        sizes = torch.as_tensor(sizes, dtype=torch.long)  # (M, B)
+        m, b = sizes.shape
+        if m * b == 0 or int(sizes.min()) < 1:
+            raise EmptyBagError(f"a packed batch needs bags of at least one tile; got sizes {sizes.tolist()}")
+        if int(sizes.sum(1).max()) > n_rows:
+            raise ConfigError(f"bags of {int(sizes.sum(1).max())} tiles do not fit in {n_rows} rows")
+        self.n_models, self.n_bags, self.n_rows = m, b, n_rows
+        n = int(sizes.max())
+        pos = torch.arange(n)  # (N,)
+        mask = pos < sizes.unsqueeze(-1)  # (M, B, N)
+        first = torch.arange(m).unsqueeze(1) * n_rows + sizes.cumsum(1) - sizes  # (M, B) flat row of tile 0
+        index = first.unsqueeze(-1) + torch.minimum(pos, sizes.unsqueeze(-1) - 1)  # (M, B, N)
+        rows = index[mask]  # (sum sizes,) flat rows of the real tiles, in bag order
+        bag = torch.full((m * n_rows,), m * b)  # padding rows -> one extra bag, dropped
+        bag[rows] = torch.arange(m * b).repeat_interleave(sizes.reshape(-1))
+        slot = torch.zeros(m * n_rows, dtype=torch.long)
+        slot[rows] = mask.reshape(-1).nonzero().squeeze(1)
+        self.mask = mask.reshape(m * b, n).to(device)  # (M * B, N)
+        self.index = index.reshape(m * b, n).to(device)  # (M * B, N) rows of (M * T)
+        self.bag = bag.to(device)  # (M * T,)
+        self.slot = slot.to(device)  # (M * T,) slots of (M * B * N)
+        self.real = (bag < m * b).view(m, n_rows).to(device)  # (M, T)
+
+    def unpack(self, values: Tensor) -> Tensor:
+        """``(M, T, ...)`` -> ``(M * B, N, ...)``."""
+        return values.reshape(-1, *values.shape[2:])[self.index]
+
+    def pack(self, padded: Tensor) -> Tensor:
+        """``(M * B, N, ...)`` -> ``(M * T, ...)`` (padding rows get some bag's value)."""
+        return padded.reshape(-1, *padded.shape[2:])[self.slot]
+
+    def bag_sum(self, values: Tensor) -> Tensor:
+        """``(M * T, ...)`` -> ``(M * B, ...)``: the sum over each bag's tiles."""
+        out = values.new_zeros(self.n_models * self.n_bags + 1, *values.shape[1:])
+        return out.index_add(0, self.bag, values)[:-1]
+
+    def to_tiles(self, per_bag: Tensor) -> Tensor:
+        """``(M * B, ...)`` -> ``(M * T, ...)``: each tile gets its bag's value (padding rows 0)."""
+        return torch.cat([per_bag, per_bag.new_zeros(1, *per_bag.shape[1:])])[self.bag]

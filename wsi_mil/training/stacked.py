@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from wsi_mil.errors import ConfigError
 from wsi_mil.models.base import MILHead
+from wsi_mil.models.layers import Packing
 
 
 class FoldedLinear(nn.Module):
@@ -81,7 +82,8 @@ def stackable(head: nn.Module) -> tuple[bool, str]:
 class StackedHeads(nn.Module):
     """M heads of one class and hyperparameters as one module (see the module docstring).
 
-    ``forward(x (M * B, N, D), mask (M * B, N)) -> (M * B, C)``; inside
+    ``forward(x (M * B, N, D), mask (M * B, N)) -> (M * B, C)``, or
+    :meth:`forward_packed` on a packed batch (heads that have one); inside
     ``with stacked.models(lo, hi)`` only models ``lo..hi-1`` run and the
     batch holds ``(hi - lo) * B`` bags (so a large batch can be processed in
     chunks of models, gradients accumulating into the same stacked weights).
@@ -118,6 +120,15 @@ class StackedHeads(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.template(x, mask)
+
+    @property
+    def packable(self) -> bool:
+        """Whether the head has a packed forward (:meth:`forward_packed`)."""
+        return hasattr(self.template, "forward_packed")
+
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """``x (M', T, D)`` packed as ``packing`` (one row of the stack per model) -> ``(M' * B, C)``."""
+        return self.template.forward_packed(x, packing)
 
     @contextlib.contextmanager
     def models(self, lo: int, hi: int) -> Iterator[None]:

@@ -72,16 +72,17 @@ def test_a_single_head_runs_packed_as_one_model(model):
 
 
 def test_packing_maps_tiles_to_their_bags():
-    sizes = torch.tensor([[2, 1], [1, 1]])
-    p = Packing(sizes, 4)
-    assert p.bag.tolist() == [0, 0, 1, 4, 2, 3, 4, 4]  # 4 = padding
+    p = Packing(np.array([[2, 1], [1, 1]]), 4)
+    assert p.onehot.tolist() == [[[1, 1, 0, 0], [0, 0, 1, 0]], [[1, 0, 0, 0], [0, 1, 0, 0]]]
     assert p.real.tolist() == [[True, True, True, False], [True, True, False, False]]
     assert p.mask.tolist() == [[True, True], [True, False], [True, False], [True, False]]
     values = torch.arange(8.0).view(2, 4)  # (M, T)
     assert p.unpack(values).tolist() == [[0, 1], [2, 2], [4, 4], [5, 5]]
-    assert p.bag_sum(values.view(-1)).tolist() == [1, 2, 4, 5]
-    assert p.to_tiles(torch.tensor([10.0, 20, 30, 40])).tolist() == [10, 10, 20, 0, 30, 40, 0, 0]
-    assert p.pack(p.unpack(values))[p.real.view(-1)].tolist() == [0, 1, 2, 4, 5]
+    assert p.pack(p.unpack(values))[p.real].tolist() == [0, 1, 2, 4, 5]
+    pooled = p.pool(torch.ones(2, 4, 1), values.unsqueeze(-1))  # (M * B, 1, 1)
+    assert pooled.flatten().tolist() == [1, 2, 4, 5]
+    per_bag = torch.tensor([10.0, 20, 30, 40]).view(4, 1, 1)  # (M * B, K, Q)
+    assert p.bag_dot(torch.ones(2, 4, 1), per_bag).flatten().tolist() == [10, 10, 20, 0, 30, 40, 0, 0]
 
 
 def test_packing_refuses_empty_bags_and_overflowing_totals():

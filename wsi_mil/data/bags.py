@@ -312,11 +312,12 @@ def bag_sizes(store: BagStore, picks: Sequence[Sequence[Pick | None]]) -> np.nda
     """Tiles per bag ``(S, B)`` of the batches ``picks`` (1 for an empty slot, as :func:`assemble`)."""
     width = max((len(p) for p in picks), default=0)
     sizes = np.ones((len(picks), width), dtype=np.int64)
+    n_tiles = store.n_tiles
     for s, row in enumerate(picks):
         for b, slot in enumerate(row):
             if slot is not None:
                 i, tiles = slot
-                sizes[s, b] = int(store.n_tiles[i]) if tiles is None else len(tiles)
+                sizes[s, b] = n_tiles[i] if tiles is None else len(tiles)
     return sizes
 
 
@@ -331,27 +332,28 @@ def assemble_packed(store: BagStore, picks: Sequence[Sequence[Pick | None]],
     """
     sizes = bag_sizes(store, picks)  # (S, B)
     totals = sizes.sum(1)  # (S,)
-    shape = (len(picks), max(1, int(totals.max(initial=1))), store.dim)
-    x = torch.empty(shape) if buffer is None else buffer.take(shape)[0]
-    feats = store.tensor
+    n_rows = max(1, int(totals.max(initial=1)))
+    x = torch.empty(len(picks), n_rows, store.dim) if buffer is None else buffer.take((len(picks), n_rows, store.dim))[0]
+    rows = np.zeros((len(picks), n_rows), dtype=np.int64)  # row of the store of each packed row (0 = zero later)
+    zero = np.ones((len(picks), n_rows), dtype=bool)  # padding rows and empty slots
     for s, row in enumerate(picks):
-        parts, empty, start = [], [], 0
+        start = 0
         for b in range(sizes.shape[1]):
             slot = row[b] if b < len(row) else None
-            if slot is None:
-                parts.append(np.zeros(1, dtype=np.int64))
-                empty.append(start)
-            else:
+            n = int(sizes[s, b])
+            if slot is not None:
                 i, tiles = slot
                 first = int(store.offsets[i])
-                parts.append(np.arange(first, first + sizes[s, b]) if tiles is None else first + tiles)
-            start += int(sizes[s, b])
-        if parts:
-            rows = torch.from_numpy(np.concatenate(parts))  # (total,) rows of the store
-            if feats.dtype == x.dtype:
-                torch.index_select(feats, 0, rows, out=x[s, :start])
-            else:
-                x[s, :start] = feats[rows]
-            x[s, empty] = 0.0
-        x[s, start:].zero_()
+                rows[s, start:start + n] = np.arange(first, first + n) if tiles is None else first + tiles
+                zero[s, start:start + n] = False
+            start += n
+    flat = x.view(-1, store.dim)  # (S * T, D)
+    feats = store.tensor
+    index = torch.from_numpy(rows.reshape(-1))
+    if feats.dtype == x.dtype:
+        torch.index_select(feats, 0, index, out=flat)
+    else:
+        flat.copy_(feats[index])
+    if zero.any():
+        flat[torch.from_numpy(np.flatnonzero(zero))] = 0.0
     return x, sizes

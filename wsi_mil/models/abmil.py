@@ -89,8 +89,8 @@ class ABMIL(MILHead):
         """Logits ``(M * B, C)`` of the bags of a packed batch ``x (M, T, D)``."""
         h = self.tiles_emb(x)  # (M, T, E)
         logits = packing.unpack(self.attention(h, packing.real))  # (M * B, N)
-        weights = packing.pack(masked_softmax(logits, packing.mask))  # (M * T,)
-        pooled = packing.bag_sum(weights.unsqueeze(-1) * h.reshape(-1, h.shape[-1]))  # (M * B, E)
+        weights = packing.pack(masked_softmax(logits, packing.mask))  # (M, T)
+        pooled = packing.pool(weights.unsqueeze(-1), h).squeeze(1)  # (M * B, E)
         return self.mlp(pooled)  # (M * B, C)
 
     def tile_scores(

@@ -143,13 +143,12 @@ class DSMIL(MILHead):
         scores = packing.unpack(self.tiles_scores(x))  # (M * B, N, C)
         max_logits, critical = masked_extremes(scores, packing.mask, 1, 0)  # (M * B, 1, C) x2
         queries = self.tiles_queries(x)  # (M, T, Q)
-        queries = queries.reshape(-1, queries.shape[-1])  # (M * T, Q)
-        q_critical = queries[packing.index.gather(1, critical.squeeze(1))]  # (M * B, C, Q)
-        sim = (queries.unsqueeze(1) * packing.to_tiles(q_critical)).sum(-1)  # (M * T, C)
-        attn = packing.pack(masked_softmax(packing.unpack(sim.view(*x.shape[:2], -1)), packing.mask))  # (M * T, C)
+        rows = packing.index.gather(1, critical.squeeze(1))  # (M * B, C) rows of the critical tiles
+        q_critical = queries.reshape(-1, queries.shape[-1])[rows]  # (M * B, C, Q)
+        sim = packing.bag_dot(queries, q_critical)  # (M, T, C)
+        attn = packing.pack(masked_softmax(packing.unpack(sim), packing.mask))  # (M, T, C)
         values = x if self.tiles_values is None else self.tiles_values(x)  # (M, T, V)
-        values = values.reshape(-1, values.shape[-1])  # (M * T, V)
-        pooled = packing.bag_sum(attn.unsqueeze(-1) * values.unsqueeze(1))  # (M * B, C, V)
+        pooled = packing.pool(attn, values)  # (M * B, C, V)
         bag_logits = self.mlp(pooled).squeeze(-1)  # (M * B, C)
         return self._combine(max_logits.squeeze(1), bag_logits)  # (M * B, C)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -187,13 +187,22 @@ class _Batch:
     x: torch.Tensor
     mask: torch.Tensor | None = None
     sizes: np.ndarray | None = None
+    packings: dict[int, Packing] = field(default_factory=dict)  # rows of models -> the folded batch's map
 
     @property
     def width(self) -> int:
         return int(self.mask.shape[1] if self.sizes is None else self.sizes.shape[1])
 
     def to(self, device: str | torch.device) -> _Batch:
-        return replace(self, x=self.x.to(device), mask=None if self.mask is None else self.mask.to(device))
+        if self.x.device == torch.device(device):
+            return self
+        return _Batch(self.x.to(device), None if self.mask is None else self.mask.to(device), self.sizes)
+
+    def packing(self, rows: int) -> Packing:
+        """The map of the packed batch repeated for ``rows`` rows of models (built once per rows)."""
+        if rows not in self.packings:
+            self.packings[rows] = Packing(np.tile(self.sizes, (rows, 1)), self.x.shape[1], self.x.device)
+        return self.packings[rows]
 
 
 def _plan(store: BagStore, picks: Sequence[Sequence[Pick | None]], pooled: bool, packable: bool,
@@ -256,8 +265,7 @@ def _run_models(stacked: StackedHeads, batch: _Batch, rows: tuple[int, int], str
         if batch.sizes is None:
             out = stacked(_fold(batch.x, g), _fold(batch.mask, g))  # (g * S' * B, C)
         else:
-            packing = Packing(torch.from_numpy(np.tile(batch.sizes, (g, 1))), batch.x.shape[1], batch.x.device)
-            out = stacked.forward_packed(_repeat(batch.x, g), packing)  # (g * S' * B, C)
+            out = stacked.forward_packed(_repeat(batch.x, g), batch.packing(g))  # (g * S' * B, C)
     return out.view(g, s1 - s0, batch.width, -1)
 
 

@@ -9,7 +9,10 @@ every per-bag operation (masked softmax, top-k, pooling) runs on the M * B
 bags as usual, and each folded Linear reshapes its input to ``(M, B * ..., in)``
 for one batched matmul with its own model's weights. Nothing else of a head
 needs to change, and a stacked model gives each copy's outputs to float
-rounding (checked against the heads themselves in the tests).
+rounding (checked against the heads themselves in the tests). Heads with a
+``forward_packed`` (ABMIL, Chowder, DSMIL) also take the models' bags
+without padding, ``x (M, T, D)`` (see :class:`~wsi_mil.models.layers.Packing`):
+the folded Linears see the same ``(M, T, in)`` layout.
 
 A head is stackable when all its parameters belong to ``nn.Linear`` layers
 and it has no buffers (MeanPool, Chowder, ABMIL, DSMIL); the others

@@ -27,8 +27,9 @@ or *packed* ``(S, T, D)``, each stream's bags one after another (T = the
 largest total of a stream; :class:`~wsi_mil.models.layers.Packing`), run by
 the head's ``forward_packed`` (ABMIL, Chowder, DSMIL). Packing is used when
 it drops at least 10% of the padded rows (:data:`PACK_BELOW`), i.e. when
-bags are smaller than ``n_tiles`` and vary in size: for 5-50-tile bags
-(mean 28) it drops ~40% of the per-tile work. Bags sampled to a fixed
+bags are smaller than ``n_tiles`` and vary in size: for 16 bags of 5-50
+tiles (mean 28) a stream holds ~580 rows instead of 16 x 50 = 800, and a
+3-epoch profile of 100 ABMIL models trains in ~35% less time. Bags sampled to a fixed
 ``n_tiles`` stay padded, as before. MeanPool pools each bag once on
 assembly and needs neither.
 """

@@ -9,7 +9,9 @@ is refused with the slide ids when the store is built.
 
 Batches are assembled by :func:`assemble` into a reusable buffer
 (:class:`BatchBuffer`) from index arrays: one tile sample per bag, no Python
-lists of feature rows, no fresh allocation per batch.
+lists of feature rows, no fresh allocation per batch. :func:`assemble_packed`
+gives the same bags without padding, each stream's bags one after another
+(the layout of :class:`~wsi_mil.models.layers.Packing`).
 The store can be moved to a read-only memory-mapped ``.npy`` file
 (:meth:`BagStore.to_memmap`) so that worker processes share the same pages
 instead of receiving a copy: pickling such a store sends only the file path.
@@ -318,3 +320,59 @@ def _assemble(store: BagStore, picks: Sequence[Sequence[Pick | None]], buffer: B
             mask[s, b, :n] = True
             mask[s, b, n:] = False
     return x, mask
+
+
+def bag_sizes(store: BagStore, picks: Sequence[Sequence[Pick | None]]) -> np.ndarray:
+    """Tiles per bag ``(S, B)`` of the batches ``picks`` (1 for an empty slot, as :func:`assemble`)."""
+    width = max((len(p) for p in picks), default=0)
+    sizes = np.ones((len(picks), width), dtype=np.int64)
+    n_tiles = store.n_tiles
+    for s, row in enumerate(picks):
+        for b, slot in enumerate(row):
+            if slot is not None:
+                i, tiles = slot
+                sizes[s, b] = n_tiles[i] if tiles is None else len(tiles)
+    return sizes
+
+
+def assemble_packed(store: BagStore, picks: Sequence[Sequence[Pick | None]],
+                    buffer: BatchBuffer | None = None, scalers: Sequence[FeatureScaler | None] | None = None
+                    ) -> tuple[torch.Tensor, np.ndarray]:
+    """Packed batches of S streams: ``x (S, T, D)`` float32 and ``sizes (S, B)``.
+
+    Stream s holds its bags one after another, bag b's ``sizes[s, b]``
+    tiles (the tiles :func:`assemble` gives it, in the same order), then
+    zeros up to T, the largest total of a stream. An empty slot is a 1-tile
+    bag of zeros, as in :func:`assemble`. ``scalers[s]`` standardises stream
+    s's tiles (padding rows stay zero).
+    """
+    sizes = bag_sizes(store, picks)  # (S, B)
+    totals = sizes.sum(1)  # (S,)
+    n_rows = max(1, int(totals.max(initial=1)))
+    x = torch.empty(len(picks), n_rows, store.dim) if buffer is None else buffer.take((len(picks), n_rows, store.dim))[0]
+    rows = np.zeros((len(picks), n_rows), dtype=np.int64)  # row of the store of each packed row (0 = zero later)
+    zero = np.ones((len(picks), n_rows), dtype=bool)  # padding rows and empty slots
+    for s, row in enumerate(picks):
+        start = 0
+        for b in range(sizes.shape[1]):
+            slot = row[b] if b < len(row) else None
+            n = int(sizes[s, b])
+            if slot is not None:
+                i, tiles = slot
+                first = int(store.offsets[i])
+                rows[s, start:start + n] = np.arange(first, first + n) if tiles is None else first + tiles
+                zero[s, start:start + n] = False
+            start += n
+    flat = x.view(-1, store.dim)  # (S * T, D)
+    feats = store.tensor
+    index = torch.from_numpy(rows.reshape(-1))
+    if feats.dtype == x.dtype:
+        torch.index_select(feats, 0, index, out=flat)
+    else:
+        flat.copy_(feats[index])
+    for s, scaler in enumerate(scalers or []):
+        if scaler is not None:
+            scaler.apply_(x[s])
+    if zero.any():
+        flat[torch.from_numpy(np.flatnonzero(zero))] = 0.0
+    return x, sizes

@@ -18,7 +18,7 @@ from wsi_mil.models.base import (
     check_probability,
     nan_padded,
 )
-from wsi_mil.models.layers import MLP, GatedAttention, check_activation, masked_softmax
+from wsi_mil.models.layers import MLP, GatedAttention, Packing, check_activation, masked_softmax
 from wsi_mil.models.registry import register_model
 
 
@@ -40,6 +40,8 @@ class ABMIL(MILHead):
     bias: biases in the tile embedding.
 
     ``tile_scores`` returns the attention weights (sum to 1 over real tiles).
+    ``forward_packed`` gives ``forward``'s logits on a packed batch (see
+    :class:`~wsi_mil.models.layers.Packing`).
     """
 
     def __init__(
@@ -82,6 +84,14 @@ class ABMIL(MILHead):
         h, weights = self._attend(x, mask)  # (B, N, E), (B, N)
         pooled = torch.einsum("bn,bne->be", weights, h)  # (B, E)
         return self.mlp(pooled)  # (B, C)
+
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """Logits ``(M * B, C)`` of the bags of a packed batch ``x (M, T, D)``."""
+        h = self.tiles_emb(x)  # (M, T, E)
+        logits = packing.unpack(self.attention(h, packing.real))  # (M * B, N)
+        weights = packing.pack(masked_softmax(logits, packing.mask))  # (M, T)
+        pooled = packing.pool(weights.unsqueeze(-1), h).squeeze(1)  # (M * B, E)
+        return self.mlp(pooled)  # (M * B, C)
 
     def tile_scores(
         self, x: Tensor, mask: Tensor | None = None, output_index: int | None = None

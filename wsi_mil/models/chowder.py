@@ -18,7 +18,7 @@ from wsi_mil.models.base import (
     check_probability,
     nan_padded,
 )
-from wsi_mil.models.layers import MLP, check_activation, masked_extremes
+from wsi_mil.models.layers import MLP, Packing, check_activation, masked_extremes
 from wsi_mil.models.registry import register_model
 
 
@@ -40,6 +40,8 @@ class Chowder(MILHead):
     bias: biases in the tile scorer.
 
     ``tile_scores`` returns the tile scores of the chosen output.
+    ``forward_packed`` gives ``forward``'s logits on a packed batch (see
+    :class:`~wsi_mil.models.layers.Packing`).
     """
 
     def __init__(
@@ -80,6 +82,12 @@ class Chowder(MILHead):
         scores = self.score_model(x)  # (B, N, C)
         extremes, _ = masked_extremes(scores, mask, self.n_top, self.n_bottom)  # (B, K, C)
         return self.mlp(extremes.transpose(1, 2)).squeeze(-1)  # (B, C)
+
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """Logits ``(M * B, C)`` of the bags of a packed batch ``x (M, T, D)``."""
+        scores = packing.unpack(self.score_model(x))  # (M * B, N, C)
+        extremes, _ = masked_extremes(scores, packing.mask, self.n_top, self.n_bottom)  # (M * B, K, C)
+        return self.mlp(extremes.transpose(1, 2)).squeeze(-1)  # (M * B, C)
 
     def tile_scores(
         self, x: Tensor, mask: Tensor | None = None, output_index: int | None = None

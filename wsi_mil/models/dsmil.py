@@ -21,7 +21,7 @@ from wsi_mil.models.base import (
     check_probability,
     nan_padded,
 )
-from wsi_mil.models.layers import MLP, check_activation, masked_extremes, masked_softmax
+from wsi_mil.models.layers import MLP, Packing, check_activation, masked_extremes, masked_softmax
 from wsi_mil.models.registry import register_model
 
 OUT_LOGITS = ("mean", "max", "bag")
@@ -56,6 +56,8 @@ class DSMIL(MILHead):
     out_logits: "mean" (default), "max" (instance stream) or "bag" (attention stream).
 
     ``tile_scores`` returns the attention weights of the chosen output.
+    ``forward_packed`` gives ``forward``'s logits on a packed batch (see
+    :class:`~wsi_mil.models.layers.Packing`).
     """
 
     def __init__(
@@ -135,6 +137,20 @@ class DSMIL(MILHead):
         x, mask = self._prepare(x, mask)  # (B, N, D), (B, N)
         max_logits, bag_logits, _ = self._streams(x, mask)  # (B, C), (B, C)
         return self._combine(max_logits, bag_logits)  # (B, C)
+
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """Logits ``(M * B, C)`` of the bags of a packed batch ``x (M, T, D)`` (as ``_streams``)."""
+        scores = packing.unpack(self.tiles_scores(x))  # (M * B, N, C)
+        max_logits, critical = masked_extremes(scores, packing.mask, 1, 0)  # (M * B, 1, C) x2
+        queries = self.tiles_queries(x)  # (M, T, Q)
+        rows = packing.index.gather(1, critical.squeeze(1))  # (M * B, C) rows of the critical tiles
+        q_critical = queries.reshape(-1, queries.shape[-1])[rows]  # (M * B, C, Q)
+        sim = packing.bag_dot(queries, q_critical)  # (M, T, C)
+        attn = packing.pack(masked_softmax(packing.unpack(sim), packing.mask))  # (M, T, C)
+        values = x if self.tiles_values is None else self.tiles_values(x)  # (M, T, V)
+        pooled = packing.pool(attn, values)  # (M * B, C, V)
+        bag_logits = self.mlp(pooled).squeeze(-1)  # (M * B, C)
+        return self._combine(max_logits.squeeze(1), bag_logits)  # (M * B, C)
 
     def tile_scores(
         self, x: Tensor, mask: Tensor | None = None, output_index: int | None = None

@@ -2,14 +2,21 @@
 
 Every masked operation takes ``mask (B, N)`` bool, True = real tile, and
 guarantees that padded tiles have no influence on the result.
+
+:class:`Packing` is the map of a *packed* batch (the batched engine's layout
+for small bags of varying size): the per-tile layers of a head run on the
+real tiles only, its per-bag operations on a padded view of small per-tile
+values (scores, attention logits) or on segment sums.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from wsi_mil.errors import ConfigError, EmptyBagError
 from wsi_mil.models.base import check_choice
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -134,3 +141,82 @@ def masked_extremes(
         values.append(low.masked_fill(~real.gather(1, low_idx), 0.0))
         indices.append(low_idx)
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
+
+
+class Packing:
+    """Where the bags of M models lie in a packed batch ``x (M, T, D)``.
+
+    Model m's B bags are concatenated: bag b's ``sizes[m, b]`` tiles follow
+    bag b - 1's, and rows after the model's total are padding (zeros in the
+    engine's batches; never read). T is at least the largest total. So a
+    per-tile layer (a Linear, an activation) runs on ``(M, T, ...)`` as on a
+    padded batch, with no work on padding beyond ``T - total`` rows per
+    model, and per-bag operations use the maps below. Bag ``m * B + b`` is
+    model m's bag b, the order of a folded padded batch ``(M * B, N, D)``.
+
+    - :meth:`unpack` per-tile values ``(M, T, ...)`` -> padded ``(M * B, N, ...)``
+      (N = largest bag; ``mask (M * B, N)`` True = real tile; padded slots
+      repeat the bag's last tile, so masked operations see finite values);
+    - :meth:`pack` the inverse, padded ``(M * B, N, ...)`` -> ``(M, T, ...)``;
+    - :meth:`pool` weighted sums over each bag's tiles, one ``bmm`` per batch;
+    - :meth:`bag_dot` each tile's dot products with vectors of its own bag.
+
+    Unpacking is meant for small values (one or a few per tile): the wide
+    per-tile activations stay packed. Per-bag sums are matmuls with the
+    bag-membership matrix ``onehot (M, B, T)`` rather than scatter / index
+    additions, whose CPU kernels run on one thread.
+    """
+
+    def __init__(self, sizes: np.ndarray | Tensor, n_rows: int, device: torch.device | str | None = None) -> None:
+        sizes = np.asarray(sizes, dtype=np.int64)  # (M, B); the maps are built in numpy (small int ops)
+        m, b = sizes.shape
+        if m * b == 0 or int(sizes.min()) < 1:
+            raise EmptyBagError(f"a packed batch needs bags of at least one tile; got sizes {sizes.tolist()}")
+        if int(sizes.sum(1).max()) > n_rows:
+            raise ConfigError(f"bags of {int(sizes.sum(1).max())} tiles do not fit in {n_rows} rows")
+        self.n_models, self.n_bags, self.n_rows = m, b, n_rows
+        n = int(sizes.max())
+        pos = np.arange(n)  # (N,)
+        mask = pos < sizes[..., None]  # (M, B, N)
+        first = np.arange(m)[:, None] * n_rows + sizes.cumsum(1) - sizes  # (M, B) flat row of tile 0
+        index = first[..., None] + np.minimum(pos, sizes[..., None] - 1)  # (M, B, N)
+        rows = index[mask]  # (sum sizes,) flat rows of the real tiles, in bag order
+        bag = np.full(m * n_rows, b)  # bag of each row in its model; b = padding
+        bag[rows] = np.tile(np.arange(b), m).repeat(sizes.reshape(-1))
+        slot = np.zeros(m * n_rows, dtype=np.int64)
+        slot[rows] = np.flatnonzero(mask)
+        onehot = bag.reshape(m, 1, n_rows) == np.arange(b)[None, :, None]  # (M, B, T)
+        self.mask = torch.from_numpy(mask.reshape(m * b, n)).to(device)  # (M * B, N)
+        self.index = torch.from_numpy(index.reshape(m * b, n)).to(device)  # (M * B, N) rows of (M * T)
+        self.slot = torch.from_numpy(slot).to(device)  # (M * T,) slots of (M * B * N)
+        self.real = torch.from_numpy((bag < b).reshape(m, n_rows)).to(device)  # (M, T)
+        self.onehot = torch.from_numpy(onehot).to(device, torch.float32)  # (M, B, T)
+
+    def unpack(self, values: Tensor) -> Tensor:
+        """``(M, T, ...)`` -> ``(M * B, N, ...)``."""
+        rest = values.shape[2:]
+        flat = values.reshape(self.n_models * self.n_rows, -1)  # (M * T, K)
+        out = flat.gather(0, self.index.view(-1, 1).expand(-1, flat.shape[1]))  # (M * B * N, K)
+        return out.view(*self.mask.shape, *rest)
+
+    def pack(self, padded: Tensor) -> Tensor:
+        """``(M * B, N, ...)`` -> ``(M, T, ...)`` (padding rows get some bag's value)."""
+        rest = padded.shape[2:]
+        flat = padded.reshape(self.mask.numel(), -1)  # (M * B * N, K)
+        out = flat.gather(0, self.slot.view(-1, 1).expand(-1, flat.shape[1]))  # (M * T, K)
+        return out.view(self.n_models, self.n_rows, *rest)
+
+    def pool(self, weights: Tensor, values: Tensor) -> Tensor:
+        """``sum_t weights[t, k] * values[t]`` over each bag's tiles: ``(M, T, K)``, ``(M, T, V)`` -> ``(M * B, K, V)``."""
+        m, t, k = weights.shape
+        onehot = self.onehot.to(weights.dtype)  # (M, B, T)
+        a = onehot.unsqueeze(2) * weights.transpose(1, 2).unsqueeze(1)  # (M, B, K, T)
+        return torch.bmm(a.reshape(m, -1, t), values).view(m * self.n_bags, k, values.shape[-1])
+
+    def bag_dot(self, queries: Tensor, per_bag: Tensor) -> Tensor:
+        """``<queries[t], per_bag[bag(t), k]>``: ``(M, T, Q)``, ``(M * B, K, Q)`` -> ``(M, T, K)`` (0 on padding)."""
+        m, t, q = queries.shape
+        k = per_bag.shape[1]
+        every = torch.bmm(queries, per_bag.reshape(m, -1, q).transpose(1, 2))  # (M, T, B * K)
+        own = self.onehot.to(queries.dtype).transpose(1, 2).unsqueeze(-1)  # (M, T, B, 1)
+        return (every.view(m, t, self.n_bags, k) * own).sum(2)  # (M, T, K)

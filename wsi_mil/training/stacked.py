@@ -9,7 +9,10 @@ every per-bag operation (masked softmax, top-k, pooling) runs on the M * B
 bags as usual, and each folded Linear reshapes its input to ``(M, B * ..., in)``
 for one batched matmul with its own model's weights. Nothing else of a head
 needs to change, and a stacked model gives each copy's outputs to float
-rounding (checked against the heads themselves in the tests).
+rounding (checked against the heads themselves in the tests). Heads with a
+``forward_packed`` (ABMIL, Chowder, DSMIL) also take the models' bags
+without padding, ``x (M, T, D)`` (see :class:`~wsi_mil.models.layers.Packing`):
+the folded Linears see the same ``(M, T, in)`` layout.
 
 A head is stackable when all its parameters belong to ``nn.Linear`` layers
 and it has no buffers (MeanPool, Chowder, ABMIL, DSMIL); the others
@@ -31,6 +34,7 @@ from torch import Tensor, nn
 
 from wsi_mil.errors import ConfigError
 from wsi_mil.models.base import MILHead
+from wsi_mil.models.layers import Packing
 
 
 class FoldedLinear(nn.Module):
@@ -81,7 +85,8 @@ def stackable(head: nn.Module) -> tuple[bool, str]:
 class StackedHeads(nn.Module):
     """M heads of one class and hyperparameters as one module (see the module docstring).
 
-    ``forward(x (M * B, N, D), mask (M * B, N)) -> (M * B, C)``; inside
+    ``forward(x (M * B, N, D), mask (M * B, N)) -> (M * B, C)``, or
+    :meth:`forward_packed` on a packed batch (heads that have one); inside
     ``with stacked.models(lo, hi)`` only models ``lo..hi-1`` run and the
     batch holds ``(hi - lo) * B`` bags (so a large batch can be processed in
     chunks of models, gradients accumulating into the same stacked weights).
@@ -118,6 +123,15 @@ class StackedHeads(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.template(x, mask)
+
+    @property
+    def packable(self) -> bool:
+        """Whether the head has a packed forward (:meth:`forward_packed`)."""
+        return hasattr(self.template, "forward_packed")
+
+    def forward_packed(self, x: Tensor, packing: Packing) -> Tensor:
+        """``x (M', T, D)`` packed as ``packing`` (one row of the stack per model) -> ``(M' * B, C)``."""
+        return self.template.forward_packed(x, packing)
 
     @contextlib.contextmanager
     def models(self, lo: int, hi: int) -> Iterator[None]:

@@ -17,7 +17,6 @@ from loguru import logger
 from wsi_mil.cv import outputs as cv_outputs
 from wsi_mil.cv.run_state import CVRun, _load_inner, _selections, _write, available_cores
 from wsi_mil.data.bags import BagStore
-from wsi_mil.data.scaling import _slide_moments
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.training.fit import FitParams, Targets, fit, predict
 
@@ -76,7 +75,7 @@ def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
         cache = run.run_dir / ".features_cache.npy"
         store = store.to_memmap(cache)
     if s.standardize:
-        _slide_moments(store)  # once here, sent to the workers with the store (not recomputed per fit)
+        store.slide_moments()  # once here, sent to the workers with the store (not recomputed per fit)
     try:
         parallel = Parallel(n_jobs=n_jobs, backend=s.backend)
         inner: dict[tuple[int, int], np.ndarray] = {}

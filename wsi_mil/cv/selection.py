@@ -7,7 +7,6 @@ import numpy as np
 
 from wsi_mil.errors import ConfigError
 
-
 TIEBREAKS = ("loss", "first")
 
 

@@ -177,6 +177,19 @@ class BagStore:
                                        for i in range(len(self))])
         return self._means
 
+    def slide_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per slide: tile count ``(S,)``, mean ``(S, D)`` and sum of squared deviations from it
+        ``(S, D)``, float64 (computed once; kept when the store is sent to loop workers)."""
+        if getattr(self, "_moments", None) is None:
+            mean = np.empty((len(self), self.dim))
+            m2 = np.empty((len(self), self.dim))
+            for i in range(len(self)):
+                bag = np.asarray(self.bag(i), dtype=np.float64)  # (N_i, D)
+                mean[i] = bag.mean(0)
+                m2[i] = ((bag - mean[i]) ** 2).sum(0)
+            self._moments = (self.n_tiles.astype(np.float64), mean, m2)
+        return self._moments
+
 
 def sample_tiles(n: int, n_tiles: int | None, rng: np.random.Generator | None,
                  mode: str = "random", slide: int = 0) -> np.ndarray:

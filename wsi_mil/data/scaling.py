@@ -10,7 +10,8 @@ scikit-learn's ``StandardScaler`` would be on those tiles stacked (ddof=0;
 a constant dimension gets scale 1; tested against it).
 
 Moments are combined from per-slide means and sums of squared deviations
-(Chan et al.'s pairwise update, in float64), computed once per store, so a
+(Chan et al.'s pairwise update, in float64; :meth:`BagStore.slide_moments`,
+computed once per store), so a
 fit's scaler costs O(slides x D) however many tiles it covers.
 
 The scaler travels with the model: batches are scaled when they are
@@ -46,7 +47,7 @@ class FeatureScaler:
         slide_idx = np.asarray(slide_idx, dtype=np.int64)
         if slide_idx.size == 0:
             raise ConfigError("cannot fit a feature scaler on zero training slides")
-        n_i, mean_i, m2_i = _slide_moments(store)
+        n_i, mean_i, m2_i = store.slide_moments()
         n = n_i[slide_idx]  # (S,)
         total = float(n.sum())
         mean = (n[:, None] * mean_i[slide_idx]).sum(0) / total  # (D,)
@@ -69,23 +70,6 @@ class FeatureScaler:
     def from_state(cls, state: dict[str, Tensor]) -> FeatureScaler:
         return cls(torch.as_tensor(state["mean"], dtype=torch.float32),
                    torch.as_tensor(state["scale"], dtype=torch.float32))
-
-
-def _slide_moments(store: BagStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per slide: tile count ``(S,)``, mean ``(S, D)``, sum of squared deviations ``(S, D)`` (float64, cached)."""
-    cached = getattr(store, "_slide_moments", None)
-    if cached is not None:
-        return cached
-    n_slides, dim = len(store), store.dim
-    n = store.n_tiles.astype(np.float64)
-    mean = np.empty((n_slides, dim))
-    m2 = np.empty((n_slides, dim))
-    for i in range(n_slides):
-        bag = np.asarray(store.bag(i), dtype=np.float64)  # (N_i, D)
-        mean[i] = bag.mean(0)
-        m2[i] = ((bag - mean[i]) ** 2).sum(0)
-    store._slide_moments = (n, mean, m2)
-    return store._slide_moments
 
 
 class ScaledHead(nn.Module):

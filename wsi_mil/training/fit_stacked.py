@@ -22,12 +22,12 @@ a batch this step and epochs left. After each epoch, every model scores its
 stream's validation slides (the same tile samples every epoch, as
 :func:`~wsi_mil.training.fit.predict`) -> curves ``(G, S, epochs)``.
 
-Batch layout, chosen per step (:func:`_plan`): *padded* ``(S, B, N, D)``, every
+Batch layout, chosen per step (:func:`~wsi_mil.training.stacked_batches.plan_step`): *padded* ``(S, B, N, D)``, every
 bag padded to the step's largest bag N, run by the head's own ``forward``;
 or *packed* ``(S, T, D)``, each stream's bags one after another (T = the
 largest total of a stream; :class:`~wsi_mil.models.layers.Packing`), run by
 the head's ``forward_packed`` (ABMIL, Chowder, DSMIL). Packing is used when
-it drops at least 10% of the padded rows (:data:`PACK_BELOW`), i.e. when
+it drops at least 10% of the padded rows (:data:`~wsi_mil.training.stacked_batches.PACK_BELOW`), i.e. when
 bags are smaller than ``n_tiles`` and vary in size: for 16 bags of 5-50
 tiles (mean 28) a stream holds ~580 rows instead of 16 x 50 = 800, and a
 3-epoch profile of 100 ABMIL models trains in ~35% less time. Bags sampled to a fixed
@@ -39,20 +39,20 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsi_mil.data.bags import BagStore, BatchBuffer, Pick, assemble, assemble_packed, bag_sizes, pick_tiles
+from wsi_mil.data.bags import BagStore, BatchBuffer, Pick, pick_tiles
 from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.models.base import trusted_inputs
-from wsi_mil.models.layers import Packing
 from wsi_mil.training.fit import FitParams, Targets, create_head, outputs_to_scores
 from wsi_mil.training.losses import cox_loss
 from wsi_mil.training.stacked import StackedAdam, StackedHeads, stackable
+from wsi_mil.training.stacked_batches import StackedBatch, assemble_step, plan_step, run_models
 
 #: the folded batch of one chunk of rows stays under this many bytes: activations of a chunk stay
 #: small enough for the allocator to reuse them; 16 and 32 MB were slower than 64 for packed small
@@ -61,8 +61,6 @@ CHUNK_BYTES = 64 * 2**20
 #: validation batches are assembled once and kept when they fit in this many bytes
 EVAL_CACHE_BYTES = 256 * 2**20
 EVAL_SEED = 7919  # as fit.predict: rng = default_rng([seed, 7919])
-#: a step's bags are packed when that leaves at most this share of the padded batch's rows
-PACK_BELOW = 0.9
 
 
 @dataclass(frozen=True)
@@ -148,12 +146,12 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
             step_active = active & np.array([len(i) > 0 for i in idx])[None, :]  # (G, S)
             opt.zero_grad()
             t_asm = 0.0
-            packed, groups = _plan(store, picks, pooled, stacked.packable, chunk_bytes)
+            packed, groups = plan_step(store, picks, pooled, stacked.packable, chunk_bytes)
             for s0, s1 in groups:
                 if not any(len(p) for p in picks[s0:s1]):
                     continue  # no stream of the group has a batch at this step
                 tg = time.perf_counter()
-                batch = _assemble(store, picks[s0:s1], buffer, pooled, packed, scalers[s0:s1])
+                batch = assemble_step(store, picks[s0:s1], buffer, pooled, packed, scalers[s0:s1])
                 t_asm += time.perf_counter() - tg
                 _train_step(stacked, targets, batch.to(params.device), idx[s0:s1], step_active, (s0, s1),
                             chunk_bytes)
@@ -198,64 +196,6 @@ def _epoch_batches(rng: np.random.Generator, train_idx: np.ndarray, batch_size: 
     return [order[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)]
 
 
-@dataclass(frozen=True)
-class _Batch:
-    """The batch of a group of S' streams, padded or packed.
-
-    Padded: ``x (S', B, N, D)``, ``mask (S', B, N)``. Packed: ``x (S', T, D)``,
-    ``sizes (S', B)`` tiles per bag (the layout of
-    :class:`~wsi_mil.models.layers.Packing`, one stream per row).
-    """
-
-    x: torch.Tensor
-    mask: torch.Tensor | None = None
-    sizes: np.ndarray | None = None
-    packings: dict[int, Packing] = field(default_factory=dict)  # rows of models -> the folded batch's map
-
-    @property
-    def width(self) -> int:
-        return int(self.mask.shape[1] if self.sizes is None else self.sizes.shape[1])
-
-    def to(self, device: str | torch.device) -> _Batch:
-        if self.x.device == torch.device(device):
-            return self
-        return _Batch(self.x.to(device), None if self.mask is None else self.mask.to(device), self.sizes)
-
-    def packing(self, rows: int) -> Packing:
-        """The map of the packed batch repeated for ``rows`` rows of models (built once per rows)."""
-        if rows not in self.packings:
-            self.packings[rows] = Packing(np.tile(self.sizes, (rows, 1)), self.x.shape[1], self.x.device)
-        return self.packings[rows]
-
-
-def _plan(store: BagStore, picks: Sequence[Sequence[Pick | None]], pooled: bool, packable: bool,
-          chunk_bytes: int) -> tuple[bool, list[tuple[int, int]]]:
-    """Whether to pack this step's bags, and the consecutive stream ranges whose batch
-    stays under ``chunk_bytes`` (at least one stream per range).
-
-    Packed when the head has a packed forward and packing leaves at most
-    :data:`PACK_BELOW` of the padded rows (bags of varying size); a padded
-    stream holds B x N rows (N = the largest bag of the step), a packed one
-    T rows (the largest total of a stream).
-    """
-    sizes = bag_sizes(store, picks)  # (S, B)
-    padded_rows = sizes.shape[1] * (1 if pooled else int(sizes.max(initial=1)))
-    packed_rows = int(sizes.sum(1).max(initial=1))
-    packed = packable and not pooled and packed_rows <= PACK_BELOW * padded_rows
-    per_stream = max(1, (packed_rows if packed else padded_rows) * store.dim * 4)
-    k = max(1, chunk_bytes // per_stream)
-    return packed, [(lo, min(len(picks), lo + k)) for lo in range(0, len(picks), k)]
-
-
-def _assemble(store: BagStore, picks: Sequence[Sequence[Pick | None]], buffer: BatchBuffer | None,
-              pooled: bool, packed: bool, scalers: Sequence[FeatureScaler | None]) -> _Batch:
-    if packed:
-        x, sizes = assemble_packed(store, picks, buffer, scalers)  # (S', T, D), (S', B)
-        return _Batch(x, sizes=sizes)
-    x, mask = assemble(store, picks, buffer, pooled, scalers)  # (S', B, N, D), (S', B, N)
-    return _Batch(x, mask=mask)
-
-
 def _model_chunks(n_rows: int, n_streams: int, streams: tuple[int, int], row_bytes: int,
                   chunk_bytes: int) -> list[tuple[int, int]]:
     """Row ranges to run together on the stream range ``streams``: several rows only when
@@ -267,32 +207,7 @@ def _model_chunks(n_rows: int, n_streams: int, streams: tuple[int, int], row_byt
     return [(lo, min(n_rows, lo + per)) for lo in range(0, n_rows, per)]
 
 
-def _repeat(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``(K, ...)`` -> ``(rows * K, ...)``: x repeated for each row of models."""
-    if rows == 1:
-        return x
-    return x.unsqueeze(0).expand(rows, *x.shape).reshape(-1, *x.shape[1:])
-
-
-def _fold(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``(S, B, ...)`` -> ``(rows * S * B, ...)``: the batch repeated for each row of models."""
-    return _repeat(x.reshape(-1, *x.shape[2:]), rows)
-
-
-def _run_models(stacked: StackedHeads, batch: _Batch, rows: tuple[int, int], streams: tuple[int, int],
-                n_streams: int) -> torch.Tensor:
-    """Outputs ``(g, S', B, C)`` of models rows x streams on the group's batch."""
-    (g0, g1), (s0, s1) = rows, streams
-    g = g1 - g0
-    with stacked.models(g0 * n_streams + s0, (g1 - 1) * n_streams + s1):
-        if batch.sizes is None:
-            out = stacked(_fold(batch.x, g), _fold(batch.mask, g))  # (g * S' * B, C)
-        else:
-            out = stacked.forward_packed(_repeat(batch.x, g), batch.packing(g))  # (g * S' * B, C)
-    return out.view(g, s1 - s0, batch.width, -1)
-
-
-def _train_step(stacked: StackedHeads, targets: Targets, batch: _Batch, idx: list[np.ndarray],
+def _train_step(stacked: StackedHeads, targets: Targets, batch: StackedBatch, idx: list[np.ndarray],
                 step_active: np.ndarray, streams: tuple[int, int], chunk_bytes: int) -> None:
     """Forward + backward of the active models of streams ``streams`` (gradients accumulate)."""
     n_rows, n_streams = step_active.shape
@@ -308,7 +223,7 @@ def _train_step(stacked: StackedHeads, targets: Targets, batch: _Batch, idx: lis
             act = torch.from_numpy(step_active[g0:g1, s0:s1])  # (g, S')
             if not bool(act.any()):
                 continue
-            out = _run_models(stacked, batch, (g0, g1), streams, n_streams)  # (g, S', B, C)
+            out = run_models(stacked, batch, (g0, g1), streams, n_streams)  # (g, S', B, C)
             losses = _losses(targets, out, tgt, valid, idx)  # (g, S')
             loss = (losses * act.to(losses.dtype)).sum()
             loss.backward()
@@ -369,7 +284,7 @@ class _Evaluator:
                                for lo in range(0, len(v), bs)])
         self.n_steps = max((len(c) for c in self.steps), default=0)
         self.device = params.device
-        self._cache: list[tuple[int, tuple[int, int], _Batch]] | None = None
+        self._cache: list[tuple[int, tuple[int, int], StackedBatch]] | None = None
         self._buffer = buffer if buffer is not None else BatchBuffer()
         tiles = sum(1 if pooled else (int(store.n_tiles[i]) if t is None else len(t))
                     for c in self.steps for p in c for i, t in p)
@@ -383,11 +298,11 @@ class _Evaluator:
         cache = [] if self._cacheable else None
         for k in range(self.n_steps):
             picks = [c[k] if k < len(c) else [] for c in self.steps]
-            packed, groups = _plan(self.store, picks, self.pooled, packable, self.chunk_bytes)
+            packed, groups = plan_step(self.store, picks, self.pooled, packable, self.chunk_bytes)
             for s0, s1 in groups:
                 if not any(len(p) for p in picks[s0:s1]):
                     continue
-                batch = _assemble(self.store, picks[s0:s1], None if self._cacheable else self._buffer,
+                batch = assemble_step(self.store, picks[s0:s1], None if self._cacheable else self._buffer,
                                   self.pooled, packed, self.scalers[s0:s1])
                 if cache is not None:
                     cache.append((k, (s0, s1), batch))
@@ -404,7 +319,7 @@ class _Evaluator:
                 batch = batch.to(self.device)
                 row_bytes = batch.x.numel() * batch.x.element_size()
                 for g0, g1 in _model_chunks(self.n_rows, n_streams, (s0, s1), row_bytes, self.chunk_bytes):
-                    out = _run_models(stacked, batch, (g0, g1), (s0, s1), n_streams)  # (g, S', B, C)
+                    out = run_models(stacked, batch, (g0, g1), (s0, s1), n_streams)  # (g, S', B, C)
                     for r in range(g1 - g0):
                         for s in range(s0, s1):
                             if k < len(self.steps[s]):

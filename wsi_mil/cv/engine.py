@@ -65,6 +65,7 @@ from wsi_mil.data.bags import BagStore
 from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.folds import FoldPlan
 from wsi_mil.errors import ConfigError, StaleOutputError
+from wsi_mil.training.allocator import reuse_freed_memory
 from wsi_mil.training.fit import Targets
 from wsi_mil.training.fit_stacked import (
     Stream,
@@ -116,11 +117,12 @@ def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings
     n_total = sum(len(f) for f in plan.repeats)
     logger.info("{} CV of {} on {}: {} outer folds ({} to run), {} grid point(s), engine={}",
                 settings.mode, settings.model, cohort.name, n_total, len(pending), len(run.points), engine)
-    if pending and engine == "batched":
-        torch.set_num_threads(available_cores())
-        _run_batched(run, pending)
-    elif pending:
-        _run_loop(run, pending)
+    with reuse_freed_memory():  # both engines: no fresh page faults for every activation
+        if pending and engine == "batched":
+            torch.set_num_threads(available_cores())
+            _run_batched(run, pending)
+        elif pending:
+            _run_loop(run, pending)
     result = cv_outputs.aggregate(run_dir, cohort, plan, settings, run.targets.metric_name,
                                   time.perf_counter() - t0)
     s = result.summary

@@ -18,6 +18,7 @@ from wsi_mil.cv import outputs as cv_outputs
 from wsi_mil.cv.run_state import CVRun, _load_inner, _selections, _write, available_cores
 from wsi_mil.data.bags import BagStore
 from wsi_mil.evaluation.metrics import MetricWarning
+from wsi_mil.training.allocator import reuse_freed_memory
 from wsi_mil.training.fit import FitParams, Targets, fit, predict
 
 
@@ -45,7 +46,7 @@ def _inner_task(store: BagStore, targets: Targets, train: np.ndarray, val: np.nd
                 params: FitParams, n_threads: int, parent_pid: int) -> np.ndarray:
     _die_with_parent(parent_pid)
     torch.set_num_threads(n_threads)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), reuse_freed_memory():  # in a worker process too
         warnings.simplefilter("ignore", MetricWarning)
         res = fit(store, targets, train, params, val_idx=val)
         return np.stack([res.val_curve, res.val_loss])  # (2, E): metric, loss
@@ -55,7 +56,8 @@ def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.n
                 params: FitParams, n_threads: int, parent_pid: int) -> dict:
     _die_with_parent(parent_pid)
     torch.set_num_threads(n_threads)
-    result = fit(store, targets, train, params)
+    with reuse_freed_memory():
+        result = fit(store, targets, train, params)
     args = (targets.task, params.n_tiles, params.tile_sampling, params.seed, params.batch_size, params.device,
             result.scaler, targets.multiclass_scores)
     out = {"test_scores": predict(result.model, store, test, *args), "seconds": result.seconds,

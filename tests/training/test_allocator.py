@@ -1,0 +1,61 @@
+"""reuse_freed_memory: glibc thresholds during a run, restored after, re-entrant."""
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from wsi_mil.training import allocator
+from wsi_mil.training.allocator import reuse_freed_memory
+
+glibc = pytest.mark.skipif(allocator._glibc() is None, reason="glibc only")
+
+
+def _faults_of_large_products(n: int = 5) -> int:
+    a = torch.ones(10_000_000)  # 40 MB: above glibc's largest adaptive mmap threshold (32 MiB)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        b = a * 2.0
+        del b
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+
+@glibc
+def test_freed_large_tensors_are_reused_inside_and_returned_after(monkeypatch):
+    calls = []
+    libc = allocator._glibc()
+
+    class Spy:
+        def mallopt(self, param, value):
+            calls.append(("mallopt", param, value))
+            return libc.mallopt(param, value)
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return libc.malloc_trim(pad)
+
+    with reuse_freed_memory() as ok:
+        assert ok
+        _faults_of_large_products(2)  # the heap grows once
+        inside = _faults_of_large_products()
+    # each 40 MB product on fresh mmap'd pages faults ~9,800 times (4 KiB pages); inside, the heap's
+    # freed memory is reused (measured: 19,500 faults inside against 48,800 outside for 5 products)
+    outside = _faults_of_large_products()
+    assert outside > 40_000
+    assert inside < outside / 2
+    monkeypatch.setattr(allocator, "_glibc", lambda: Spy())
+    with reuse_freed_memory():
+        with reuse_freed_memory() as inner_ok:  # nested: no change, the outer one restores
+            assert inner_ok
+        assert calls == [("mallopt", allocator.M_MMAP_THRESHOLD, allocator.RUN_MMAP_THRESHOLD),
+                         ("mallopt", allocator.M_TRIM_THRESHOLD, 2 * allocator.RUN_MMAP_THRESHOLD)]
+    assert calls[2:] == [("mallopt", allocator.M_MMAP_THRESHOLD, allocator.GLIBC_MMAP_THRESHOLD_MAX),
+                         ("mallopt", allocator.M_TRIM_THRESHOLD, 2 * allocator.GLIBC_MMAP_THRESHOLD_MAX),
+                         ("trim", 0)]
+
+
+def test_without_glibc_it_does_nothing(monkeypatch):
+    monkeypatch.setattr(allocator, "_glibc", lambda: None)
+    with reuse_freed_memory() as ok:
+        assert ok is False

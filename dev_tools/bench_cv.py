@@ -15,7 +15,10 @@ Workloads (synthetic features with a planted signal, classification):
   1.3 x feature bytes + 1 GB. ``--full`` also runs the whole nested CV
   end to end with the batched engine.
 - ``--small`` (issue 10): 100 bags x 5-50 instances x 128-d, ABMIL at the
-  defaults (50 epochs): the whole nested CV end to end with each engine.
+  defaults (50 epochs): the whole nested CV end to end with each engine, and
+  the batched run's arithmetic floor: its head FLOPs (counted on a second run)
+  over the rate of a plain ``torch.bmm`` of the stacked first layer's shapes,
+  hence the largest loop / batched ratio that matmul rate allows.
 
     python dev_tools/bench_cv.py --models meanpool --epochs 50 --full
     python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3
@@ -142,6 +145,30 @@ def _flops_per_fold(run, epochs_refit: int) -> float:
     return inner * run.settings.epochs + refit * epochs_refit
 
 
+def _small_floor(cohort, store, plan, settings, work, args, t_batched: float) -> float:
+    """Seconds the batched small-bag CV needs for its matmuls alone, printed with what it is made of.
+
+    The head FLOPs of the whole batched run (counted by ``torch.utils.flop_counter`` on a second run,
+    forward + backward, training + per-epoch validation + refits, packing's padding rows included)
+    over the rate of a plain ``torch.bmm`` of the stacked first layer's shapes (all inner models x a
+    16-bag batch of mean size x dim x 128) timed in this run.
+    """
+    from wsi_mil.cv.engine import run_cv
+    from wsi_mil.cv.settings import grid_points
+
+    out = work / "small_flops"
+    shutil.rmtree(out, ignore_errors=True)
+    flops = _count_flops(lambda: run_cv(cohort, store, plan, _replace(settings, engine="batched"), out))
+    models = len(grid_points(settings)) * args.outer * args.inner
+    rows = int(round(settings.batch_size * float(np.mean(store.n_tiles))))
+    rate = _bmm_gflops(models, rows, args.dim, 128)
+    floor = flops / rate / 1e9
+    print(f"[small] head FLOPs {flops / 1e12:.2f} TFLOP; plain torch.bmm ({models} x {rows} x {args.dim} x 128, "
+          f"fwd + weight grad) {rate:.0f} GFLOP/s -> arithmetic floor {floor:.1f} s; batched "
+          f"{flops / t_batched / 1e9:.0f} GFLOP/s = {100 * floor / t_batched:.0f}% of it")
+    return floor
+
+
 def _replace(settings, **kw):
     from dataclasses import replace
 
@@ -216,8 +243,10 @@ def main() -> None:
                       f"wall {wall:.1f} s, mean AUC {res.summary['mean']:.3f}")
                 if engine == "batched":
                     t_b = wall
+                    floor = _small_floor(cohort, store, plan, settings, work, args, t_b)
             if not args.no_loop:
-                print(f"[small {model}] loop / batched = {wall / t_b:.1f}x")
+                print(f"[small {model}] loop / batched = {wall / t_b:.1f}x; at most {wall / floor:.1f}x at the "
+                      f"arithmetic floor above")
             continue
         root = work / f"run_{model}"
         shutil.rmtree(root, ignore_errors=True)

@@ -29,7 +29,7 @@ def main() -> None:
     from loguru import logger
 
     from wsi_mil.cli import cv, demo
-    from wsi_mil.cli.common import load_stage_config, to_dict
+    from wsi_mil.cli.common import load_stage_config
     from wsi_mil.io.paths import features_dir, tiling_name
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="demo_stability_"))
@@ -40,25 +40,19 @@ def main() -> None:
     logger.remove()
     print(f"demo (or its reuse) {time.perf_counter() - t0:.0f} s; features in {work / 'features'}")
     feats = features_dir(work / "features", str(cfg.encoder), tiling_name(float(cfg.target_mpp), int(cfg.tile_size)))
-    jobs = [("classification", "tumor", h) for h in cfg.classification_heads]
-    jobs += [("survival", "survival", h) for h in cfg.survival_heads]
     variants = [True] if args.no_unscaled else [True, False]
     rows = []
     for standardize in variants:
-        for task, task_name, head in jobs:
+        jobs = demo.cv_configs(cfg, work / "cohort" / "cohort.csv", feats, work / "stability", log_level="WARNING",
+                               standardize=standardize)
+        for task_name, head, job_cfg in jobs:
             means = []
             for seed in args.seeds:
                 out = work / "stability" / f"standardize_{standardize}" / f"seed{seed}"
-                run_cfg = load_stage_config("cv", dict(
-                    cohort=str(work / "cohort" / "cohort.csv"), features_dir=str(feats), output_dir=str(out),
-                    encoder=str(cfg.encoder), outer_folds=int(cfg.outer_folds), inner_folds=int(cfg.inner_folds),
-                    repeats=int(cfg.repeats), epochs=int(cfg.epochs), grid=to_dict(cfg.grid),
-                    batch_size=int(cfg.batch_size), n_tiles=int(cfg.n_tiles), seed=seed, cohort_name="demo",
-                    standardize=standardize, task=task, task_name=task_name, model=str(head), report=False,
-                    log_level="WARNING"))
-                if cv.run(run_cfg):
+                job_cfg.output_dir, job_cfg.seed = str(out), seed
+                if cv.run(job_cfg):
                     raise SystemExit(f"cv {head} seed {seed} failed")
-                summary = json.loads((out / task_name / str(cfg.encoder) / str(head) / "summary.json").read_text())
+                summary = json.loads((out / task_name / str(cfg.encoder) / head / "summary.json").read_text())
                 means.append(summary["mean"])
             rows.append((standardize, task_name, head, summary["metric"], means))
             spread = max(means) - min(means)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from loguru import logger
@@ -28,6 +29,29 @@ class DemoStageError(WsiMilError):
 def _check(code: int, stage: str, out: Path) -> None:
     if code:
         raise DemoStageError(f"the {stage} stage failed (exit code {code}); see the logs in {out}")
+
+
+def cv_configs(cfg: DictConfig, cohort_csv: str | Path, feats: str | Path, output_dir: str | Path,
+               **changes: Any) -> list[tuple[str, str, DictConfig]]:
+    """``(task name, head, cv stage config)`` of every nested CV the demo runs.
+
+    ``changes`` override keys of every config (``dev_tools/demo_stability.py``
+    reruns them with other ``seed`` and ``standardize`` values).
+    """
+    common = dict(
+        cohort=str(cohort_csv), features_dir=str(feats), output_dir=str(output_dir),
+        encoder=str(cfg.encoder), outer_folds=int(cfg.outer_folds),
+        inner_folds=int(cfg.inner_folds), repeats=int(cfg.repeats), epochs=int(cfg.epochs),
+        grid=to_dict(cfg.grid), batch_size=int(cfg.batch_size), n_tiles=int(cfg.n_tiles),
+        standardize=bool(cfg.standardize),
+        n_jobs=int(cfg.n_jobs), seed=int(cfg.seed), cohort_name="demo", log_level=cfg.log_level,
+        report=False,  # one combined report at the end
+    )
+    common.update(changes)
+    jobs = [("classification", "tumor", str(h)) for h in cfg.classification_heads]
+    jobs += [("survival", "survival", str(h)) for h in cfg.survival_heads]
+    return [(task_name, head, load_stage_config("cv", dict(common, task=task, task_name=task_name, model=head)))
+            for task, task_name, head in jobs]
 
 
 def run(cfg: DictConfig) -> int:
@@ -60,21 +84,9 @@ def run(cfg: DictConfig) -> int:
     timings["extract"], t = time.perf_counter() - t, time.perf_counter()
 
     feats = features_dir(out / "features", str(cfg.encoder), tiling)
-    common = dict(
-        cohort=str(cohort.cohort_csv), features_dir=str(feats), output_dir=str(out / "runs"),
-        encoder=str(cfg.encoder), outer_folds=int(cfg.outer_folds),
-        inner_folds=int(cfg.inner_folds), repeats=int(cfg.repeats), epochs=int(cfg.epochs),
-        grid=to_dict(cfg.grid), batch_size=int(cfg.batch_size), n_tiles=int(cfg.n_tiles),
-        standardize=bool(cfg.standardize),
-        n_jobs=int(cfg.n_jobs), seed=int(cfg.seed), cohort_name="demo", log_level=cfg.log_level,
-        report=False,  # one combined report at the end
-    )
-    jobs = [("classification", "tumor", h) for h in cfg.classification_heads]
-    jobs += [("survival", "survival", h) for h in cfg.survival_heads]
-    for task, task_name, head in jobs:
+    for task_name, head, cv_cfg in cv_configs(cfg, cohort.cohort_csv, feats, out / "runs"):
         logger.info("demo: cv {} / {}", task_name, head)
-        _check(cv.run(load_stage_config("cv", dict(common, task=task, task_name=task_name,
-                                                   model=str(head)))), f"cv {head}", out / "runs")
+        _check(cv.run(cv_cfg), f"cv {head}", out / "runs")
     timings["cv"], t = time.perf_counter() - t, time.perf_counter()
 
     _check(results.run(load_stage_config("results", dict(

@@ -75,6 +75,36 @@ def test_stacked_adam_equals_torch_adam_per_model_with_skipped_steps():
                 torch.testing.assert_close(stacked.state_dict_of(m)[name], value, atol=1e-6, rtol=1e-5)
 
 
+def test_stacked_adam_fused_path_equals_torch_adam_per_model(monkeypatch):
+    """All models step every time: the fused kernel runs once per run of models sharing lr / decay."""
+    torch.manual_seed(1)
+    heads = [create_model("abmil", 6, 1, d_model_attention=4, mlp_hidden=[5]) for _ in range(4)]
+    stacked = StackedHeads(heads)
+    lr, wd = torch.tensor([1e-2, 1e-2, 3e-3, 3e-3]), torch.tensor([0.0, 0.0, 1e-2, 1e-2])
+    opt = StackedAdam(list(stacked.parameters()), lr, wd)
+    assert [r[:2] for r in opt._runs] == [(0, 2), (2, 4)]
+    calls = []
+    fused = torch._fused_adam_
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: (calls.append(k["lr"]), fused(*a, **k)))
+    refs = [torch.optim.Adam(h.parameters(), lr=float(lr[m]), weight_decay=float(wd[m])) for m, h in enumerate(heads)]
+    x, mask = torch.randn(4, 3, 7, 6), torch.ones(4, 3, 7, dtype=torch.bool)
+    for _ in range(5):
+        with trusted_inputs():
+            out = stacked(x.reshape(12, 7, 6), mask.reshape(12, 7)).view(4, 3)
+            opt.zero_grad()
+            (out ** 2).mean(1).sum().backward()
+            opt.step(torch.ones(4, dtype=torch.bool))
+        for m, h in enumerate(heads):
+            refs[m].zero_grad()
+            (h(x[m], mask[m]) ** 2).mean().backward()
+            refs[m].step()
+    assert len(calls) == 10 and sorted(set(calls)) == pytest.approx([3e-3, 1e-2])  # 5 steps x 2 runs
+    for m, h in enumerate(heads):
+        for name, value in h.state_dict().items():
+            if name != "attention.attention_c.bias":  # zero gradient in exact arithmetic: Adam follows noise
+                torch.testing.assert_close(stacked.state_dict_of(m)[name], value, atol=1e-6, rtol=1e-5)
+
+
 def test_heads_outside_linear_layers_are_not_stackable():
     ok, why = stackable(create_model("transmil", 8, 1))
     assert not ok and "cls_token" in why

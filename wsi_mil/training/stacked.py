@@ -163,10 +163,14 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 class StackedAdam:
     """Adam over stacked parameters (leading dim = model), per-model lr / weight decay.
 
-    Same arithmetic as ``torch.optim.Adam`` (single-tensor path, L2 decay
-    added to the gradient). ``step(active)`` updates the models where
-    ``active (M,)`` is True and leaves the others, their moments and step
-    counts untouched.
+    Same arithmetic as ``torch.optim.Adam`` (L2 decay added to the gradient).
+    ``step(active)`` updates the models where ``active (M,)`` is True and
+    leaves the others, their moments and step counts untouched. When every
+    model steps and all have taken the same number of steps (the inner fits
+    of an outer fold, every step), it runs torch's fused Adam kernel
+    (``torch._fused_adam_``, what ``Adam(fused=True)`` runs) once per run of
+    models sharing a learning rate and weight decay; otherwise the
+    single-tensor arithmetic, per model.
     """
 
     def __init__(self, params: Sequence[Tensor], lr: Tensor, weight_decay: Tensor,
@@ -179,6 +183,11 @@ class StackedAdam:
         self.steps = torch.zeros(n, dtype=torch.float64)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # runs of consecutive models with one lr and weight decay (a grid row of the engine's stack)
+        pairs = list(zip(self.lr.tolist(), self.weight_decay.tolist(), strict=True))
+        cuts = [0] + [m for m in range(1, n) if pairs[m] != pairs[m - 1]] + [n]
+        self._runs = [(lo, hi, *pairs[lo]) for lo, hi in zip(cuts, cuts[1:], strict=False)]
+        self._fused = _has_fused_adam(self.params[0])
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -198,6 +207,9 @@ class StackedAdam:
         wd = self.weight_decay.to(self.params[0].dtype)
         any_decay = bool((self.weight_decay != 0).any())
         all_active = bool(active.all())
+        if all_active and self._fused and bool((self.steps == self.steps[0]).all()):
+            self._fused_step(float(self.steps[0]))
+            return
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
             if p.grad is None:
                 continue
@@ -218,3 +230,23 @@ class StackedAdam:
             m[idx], v[idx] = mi, vi
             denom = (vi.sqrt() / bc2_sqrt[idx].view(shape)).add_(self.eps)
             p[idx] = p[idx].addcdiv(mi * step_size[idx].view(shape), denom, value=-1.0)
+
+    def _fused_step(self, step: float) -> None:
+        """Every model steps and all share their step count: torch's fused Adam kernel (one pass
+        over parameter, gradient and moments instead of ~10) per run of models with one lr / decay."""
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        state_step = torch.tensor(step, dtype=torch.float32, device=self.params[0].device)
+        for lo, hi, lr, wd in self._runs:
+            torch._fused_adam_(
+                [self.params[i][lo:hi] for i in live], [self.params[i].grad[lo:hi] for i in live],
+                [self.exp_avg[i][lo:hi] for i in live], [self.exp_avg_sq[i][lo:hi] for i in live], [],
+                [state_step] * len(live), lr=lr, beta1=self.beta1, beta2=self.beta2, weight_decay=wd,
+                eps=self.eps, amsgrad=False, maximize=False)
+
+
+def _has_fused_adam(p: Tensor) -> bool:
+    """Whether torch has a fused Adam kernel for ``p``'s device and dtype (CPU since torch 2.4, CUDA)."""
+    if not hasattr(torch, "_fused_adam_") or p.dtype not in (torch.float32, torch.float64, torch.float16,
+                                                               torch.bfloat16):
+        return False
+    return p.device.type in ("cpu", "cuda")

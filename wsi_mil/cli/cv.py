@@ -30,7 +30,7 @@ def _settings(cfg: DictConfig) -> CVSettings:
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), n_tiles=n_tiles,
         tile_sampling=str(cfg.tile_sampling), seed=int(cfg.seed), engine=str(cfg.get("engine", "batched")),
         n_jobs=int(cfg.n_jobs), feature_dtype=str(cfg.feature_dtype), protocol=str(cfg.get("protocol", "default")),
-        standardize=bool(cfg.get("standardize", False)),
+        standardize=bool(cfg.get("standardize", False)), precision=str(cfg.get("precision", "fp32")),
         selection_tiebreak=str(cfg.get("selection_tiebreak", "loss")),
         backend=str(cfg.backend), device=str(cfg.device), encoder=str(cfg.encoder),
         features_dir=str(cfg.features_dir), cohort_path=str(cfg.cohort), save_models=bool(cfg.save_models),

@@ -88,6 +88,7 @@ def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings
     plan.validate(cohort)
     if store.slide_ids != cohort.slide_ids:
         raise ConfigError("the feature store rows must follow the cohort rows")
+    settings = _resolve_precision(settings)
     if settings.mode == "nested" and plan.n_inner < 2:
         raise ConfigError(f"mode='nested' needs a plan with inner folds; this one has n_inner={plan.n_inner}")
     plan_path = run_dir / "fold_plan.json"
@@ -129,6 +130,19 @@ def run_cv(cohort: Cohort, store: BagStore, plan: FoldPlan, settings: CVSettings
     logger.info("{} {}: {:.4f} +- {:.4f} over {}/{} folds", settings.model, s["metric"], s["mean"], s["sd"],
                 s["n_folds"], s["n_folds_total"])
     return result
+
+
+def _resolve_precision(settings: CVSettings) -> CVSettings:
+    """``settings`` with the precision that runs on its device (bf16 needs native support; see
+    :func:`wsi_mil.encoders.base.resolve_precision`), so what ran is what the outputs record."""
+    from wsi_mil.encoders.base import resolve_precision
+
+    used = resolve_precision(settings.precision, "fp32", settings.device)
+    if used != settings.precision:
+        logger.warning("precision={} asked, but {} has no native {} (AVX512-BF16 or AMX on a CPU): the heads "
+                       "train in {}", settings.precision, settings.device, settings.precision, used)
+        return replace(settings, precision=used)
+    return settings
 
 
 def _choose_engine(run: CVRun) -> str:

@@ -59,7 +59,7 @@ def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.n
     with reuse_freed_memory():
         result = fit(store, targets, train, params)
     args = (targets.task, params.n_tiles, params.tile_sampling, params.seed, params.batch_size, params.device,
-            result.scaler, targets.multiclass_scores)
+            result.scaler, targets.multiclass_scores, params.precision)
     out = {"test_scores": predict(result.model, store, test, *args), "seconds": result.seconds,
            "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
            "scaler": result.scaler}

@@ -217,6 +217,7 @@ def aggregate(run_dir: Path, cohort: Cohort, plan: FoldPlan, settings: CVSetting
         "seed": settings.seed, "seconds": round(seconds, 2), "wsi_mil_version": __version__,
         "batch_size": settings.batch_size, "tile_sampling": settings.tile_sampling,
         "feature_dtype": settings.feature_dtype, "standardize": settings.standardize,
+        "precision": settings.precision,
         "protocol": settings.protocol, "engine": settings.engine,
         "auc_classes": settings.auc_classes, "multiclass_scores": settings.multiclass_scores,
     }

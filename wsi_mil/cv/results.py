@@ -26,15 +26,15 @@ from wsi_mil.io.atomic import atomic_path, write_text_atomic
 
 COLUMNS = ["task", "cohort", "encoder", "head", "n_tiles", "metric", "mean", "sd", "std_ref", "ci95_low",
            "ci95_high", "n_folds", "n_folds_total", "lr", "weight_decay", "epochs", "other_hparams",
-           "batch_size", "tile_sampling", "feature_dtype", "standardize", "protocol", "run_path"]
+           "batch_size", "tile_sampling", "feature_dtype", "standardize", "precision", "protocol", "run_path"]
 #: values of runs whose summary.json (and fold files) do not record a setting: the
 #: defaults before they were recorded (features were held in float16 then)
 SETTING_DEFAULTS = {"batch_size": 16, "tile_sampling": "random", "feature_dtype": "float16",
-                    "standardize": False, "protocol": "default"}
+                    "standardize": False, "precision": "fp32", "protocol": "default"}
 #: columns that identify what a run measured; runs compared with compare=<column>
 #: agree on all of them but <column>
 IDENTITY = ["task", "cohort", "encoder", "head", "n_tiles", "metric", "batch_size", "tile_sampling",
-            "feature_dtype", "standardize", "protocol"]
+            "feature_dtype", "standardize", "precision", "protocol"]
 
 
 def _selected(folds: pd.DataFrame, name: str) -> str:

@@ -43,7 +43,7 @@ class CVRun:
         return FitParams(model=s.model, hparams=hparams, lr=float(point["lr"]),
                          weight_decay=float(point["weight_decay"]), epochs=int(epochs),
                          batch_size=s.batch_size, n_tiles=s.n_tiles, tile_sampling=s.tile_sampling,
-                         seed=seed, device=s.device, standardize=s.standardize)
+                         seed=seed, device=s.device, standardize=s.standardize, precision=s.precision)
 
     def inner_seed(self, r: int, k: int, j: int) -> int:
         return _fit_seed(self.settings.seed, r, k, j + 1)

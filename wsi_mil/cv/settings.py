@@ -14,6 +14,7 @@ from typing import Any
 from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.folds import FoldPlan
 from wsi_mil.errors import ConfigError
+from wsi_mil.training.fit import check_train_precision
 
 MODES = ("nested", "kfold")
 BACKENDS = ("loky", "threading")
@@ -52,6 +53,8 @@ class CVSettings:
     device: str = "cpu"
     feature_dtype: str = "float32"
     standardize: bool = False  # per-fit feature standardisation (moments of each fit's training tiles)
+    precision: str = "fp32"  # the heads' forward: fp32 | bf16 (autocast matmuls; run_cv falls back to fp32
+    # where the device has no native bf16 and records what ran)
     protocol: str = "default"
     auc_classes: str = "all"  # multiclass macro AUC over "all" classes, or those "present" (the reference)
     multiclass_scores: str = "probabilities"  # multiclass scores (predictions, AUC): "probabilities" | "logits"
@@ -72,6 +75,7 @@ class CVSettings:
             raise ConfigError(f"selection_tiebreak {self.selection_tiebreak!r}; choose loss or first")
         if self.multiclass_scores not in ("probabilities", "logits"):
             raise ConfigError(f"multiclass_scores {self.multiclass_scores!r}; choose probabilities or logits")
+        check_train_precision(self.precision)
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r}; choose one of {BACKENDS}")
         for name, values in self.grid.items():
@@ -128,6 +132,7 @@ def apply_protocol(settings: CVSettings) -> tuple[CVSettings, list[str]]:
         return settings, []
     changes: dict[str, Any] = {"tile_sampling": "fixed", "n_tiles": 1000, "feature_dtype": "float32",
                                "auc_classes": "present", "multiclass_scores": "logits", "standardize": False,
+                               "precision": "fp32",
                                "selection_tiebreak": "first"}
     if settings.model == "hipt_mil":
         changes["batch_size"] = 1

@@ -13,6 +13,11 @@ dropped when there is at least one full batch (as the reference). Evaluation
 samples tiles with a generator seeded from ``seed`` only, so a prediction does
 not depend on how many epochs were run before.
 
+``precision="bf16"`` runs the head's forward (training and predictions)
+under ``torch.autocast`` in bfloat16: matmuls in bf16 with float32
+accumulation, weights, gradients' accumulation, Adam and losses in float32
+(:func:`train_autocast`). ``"fp32"`` (default) runs everything in float32.
+
 Determinism: everything random comes from ``seed`` (numpy generator for
 sampling and batch order; torch seed for initialisation and dropout). Model
 initialisation happens under a lock so that fits running in threads do not
@@ -20,6 +25,7 @@ interleave on torch's global generator.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,13 +59,36 @@ class FitParams:
     seed: int = 0
     device: str = "cpu"
     standardize: bool = False  # scale features by moments of this fit's training tiles (FeatureScaler)
+    precision: str = "fp32"  # fp32 | bf16: the head's forward under autocast (train_autocast)
 
     def __post_init__(self) -> None:
+        check_train_precision(self.precision)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError(
                 f"bad fit parameters: epochs={self.epochs} (>=1), batch_size={self.batch_size} (>=1), "
                 f"lr={self.lr} (>0), weight_decay={self.weight_decay} (>=0)"
             )
+
+
+#: precisions a head trains in: bf16 (mixed: autocast matmuls) or fp32; fp16 would need loss scaling
+TRAIN_PRECISIONS = ("fp32", "bf16")
+
+
+def check_train_precision(precision: str) -> str:
+    if precision not in TRAIN_PRECISIONS:
+        hint = " (fp16 training needs loss scaling; use bf16)" if precision == "fp16" else ""
+        raise ConfigError(f"precision {precision!r} is not one of {TRAIN_PRECISIONS}{hint}")
+    return precision
+
+
+def train_autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The context a head's forward runs in: ``torch.autocast`` in bfloat16 for ``"bf16"``, else none.
+
+    The caller casts the outputs to float32 before the loss or the scores.
+    """
+    if check_train_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -165,14 +194,17 @@ def outputs_to_scores(out: torch.Tensor, task: str, multiclass_scores: str = "pr
 def predict(model: torch.nn.Module, store: BagStore, idx: np.ndarray, task: str,
             n_tiles: int | None = 1000, tile_sampling: str = "random", seed: int = 0,
             batch_size: int = 16, device: str = "cpu", scaler: FeatureScaler | None = None,
-            multiclass_scores: str = "probabilities") -> np.ndarray:
-    """Scores of slides ``idx`` (see :func:`outputs_to_scores`); ``scaler``: the fit's standardisation."""
+            multiclass_scores: str = "probabilities", precision: str = "fp32") -> np.ndarray:
+    """Scores of slides ``idx`` (see :func:`outputs_to_scores`); ``scaler``: the fit's standardisation;
+    ``precision``: the fit's (:func:`train_autocast`)."""
     model.eval()
     rng = np.random.default_rng([seed, 7919])
     chunks = []
     for start in range(0, len(idx), batch_size):
         x, mask = collate(store, idx[start:start + batch_size], n_tiles, rng, tile_sampling, scaler)
-        chunks.append(outputs_to_scores(model(x.to(device), mask.to(device)), task, multiclass_scores))
+        with train_autocast(precision, device):
+            out = model(x.to(device), mask.to(device))
+        chunks.append(outputs_to_scores(out, task, multiclass_scores))
     return np.concatenate(chunks) if chunks else np.zeros(0)
 
 
@@ -199,7 +231,9 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
         for lo, hi in bounds:
             batch = order[lo:hi]
             x, mask = collate(store, batch, params.n_tiles, rng, params.tile_sampling, scaler)
-            out = model(x.to(params.device), mask.to(params.device))  # (B, C)
+            with train_autocast(params.precision, params.device):
+                out = model(x.to(params.device), mask.to(params.device))  # (B, C)
+            out = out.float()
             tgt = {k: v.to(params.device) for k, v in targets.batch(batch).items()}
             loss = loss_fn(out, tgt)
             optimizer.zero_grad(set_to_none=True)
@@ -210,7 +244,7 @@ def fit(store: BagStore, targets: Targets, train_idx: np.ndarray, params: FitPar
         if val_idx is not None and len(val_idx):
             scores = predict(model, store, np.asarray(val_idx), targets.task, params.n_tiles,
                              params.tile_sampling, params.seed, params.batch_size, params.device, scaler,
-                             targets.multiclass_scores)
+                             targets.multiclass_scores, params.precision)
             val_curve.append(targets.score(np.asarray(val_idx), scores))
             val_loss.append(targets.loss(np.asarray(val_idx), scores))
     return FitResult(model, np.asarray(val_curve, dtype=np.float64), np.asarray(train_loss),

@@ -49,7 +49,7 @@ from wsi_mil.data.bags import BagStore, BatchBuffer, Pick, pick_tiles
 from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.models.base import trusted_inputs
-from wsi_mil.training.fit import FitParams, Targets, create_head, outputs_to_scores
+from wsi_mil.training.fit import FitParams, Targets, create_head, outputs_to_scores, train_autocast
 from wsi_mil.training.losses import cox_loss
 from wsi_mil.training.stacked import StackedAdam, StackedHeads, stackable
 from wsi_mil.training.stacked_batches import StackedBatch, assemble_step, plan_step, run_models
@@ -154,7 +154,7 @@ def fit_stacked(store: BagStore, targets: Targets, streams: Sequence[Stream], pa
                 batch = assemble_step(store, picks[s0:s1], buffer, pooled, packed, scalers[s0:s1])
                 t_asm += time.perf_counter() - tg
                 _train_step(stacked, targets, batch.to(params.device), idx[s0:s1], step_active, (s0, s1),
-                            chunk_bytes)
+                            chunk_bytes, params.precision)
             tb = ta + t_asm
             tc = time.perf_counter()
             opt.step(torch.from_numpy(step_active.reshape(-1)))
@@ -208,7 +208,7 @@ def _model_chunks(n_rows: int, n_streams: int, streams: tuple[int, int], row_byt
 
 
 def _train_step(stacked: StackedHeads, targets: Targets, batch: StackedBatch, idx: list[np.ndarray],
-                step_active: np.ndarray, streams: tuple[int, int], chunk_bytes: int) -> None:
+                step_active: np.ndarray, streams: tuple[int, int], chunk_bytes: int, precision: str = "fp32") -> None:
     """Forward + backward of the active models of streams ``streams`` (gradients accumulate)."""
     n_rows, n_streams = step_active.shape
     s0, s1 = streams
@@ -223,8 +223,9 @@ def _train_step(stacked: StackedHeads, targets: Targets, batch: StackedBatch, id
             act = torch.from_numpy(step_active[g0:g1, s0:s1])  # (g, S')
             if not bool(act.any()):
                 continue
-            out = run_models(stacked, batch, (g0, g1), streams, n_streams)  # (g, S', B, C)
-            losses = _losses(targets, out, tgt, valid, idx)  # (g, S')
+            with train_autocast(precision, batch.x.device):
+                out = run_models(stacked, batch, (g0, g1), streams, n_streams)  # (g, S', B, C)
+            losses = _losses(targets, out.float(), tgt, valid, idx)  # (g, S'), float32
             loss = (losses * act.to(losses.dtype)).sum()
             loss.backward()
 
@@ -283,7 +284,7 @@ class _Evaluator:
             self.steps.append([pick_tiles(store, v[lo:lo + bs], params.n_tiles, rng, params.tile_sampling)
                                for lo in range(0, len(v), bs)])
         self.n_steps = max((len(c) for c in self.steps), default=0)
-        self.device = params.device
+        self.device, self.precision = params.device, params.precision
         self._cache: list[tuple[int, tuple[int, int], StackedBatch]] | None = None
         self._buffer = buffer if buffer is not None else BatchBuffer()
         tiles = sum(1 if pooled else (int(store.n_tiles[i]) if t is None else len(t))
@@ -319,7 +320,8 @@ class _Evaluator:
                 batch = batch.to(self.device)
                 row_bytes = batch.x.numel() * batch.x.element_size()
                 for g0, g1 in _model_chunks(self.n_rows, n_streams, (s0, s1), row_bytes, self.chunk_bytes):
-                    out = run_models(stacked, batch, (g0, g1), (s0, s1), n_streams)  # (g, S', B, C)
+                    with train_autocast(self.precision, self.device):
+                        out = run_models(stacked, batch, (g0, g1), (s0, s1), n_streams)  # (g, S', B, C)
                     for r in range(g1 - g0):
                         for s in range(s0, s1):
                             if k < len(self.steps[s]):

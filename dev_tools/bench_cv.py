@@ -19,10 +19,13 @@ Workloads (synthetic features with a planted signal, classification):
   the batched run's arithmetic floor: its head FLOPs (counted on a second run)
   over the rate of a plain ``torch.bmm`` of the stacked first layer's shapes,
   hence the largest loop / batched ratio that matmul rate allows.
+  ``--precision bf16`` runs both engines with the heads' matmuls in bfloat16
+  (the floor then uses a bfloat16 ``torch.bmm``).
 
     python dev_tools/bench_cv.py --models meanpool --epochs 50 --full
     python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3
     python dev_tools/bench_cv.py --small
+    python dev_tools/bench_cv.py --small --precision bf16
 """
 from __future__ import annotations
 
@@ -93,10 +96,11 @@ class PeakMemory:
         self._thread.join()
 
 
-def _bmm_gflops(streams: int, rows: int, dim: int, width: int, repeats: int = 3) -> float:
+def _bmm_gflops(streams: int, rows: int, dim: int, width: int, repeats: int = 3,
+                dtype: torch.dtype = torch.float32) -> float:
     """GFLOP/s of torch.bmm forward + weight gradient on the first layer's shapes."""
-    x, w = torch.randn(streams, rows, dim), torch.randn(streams, dim, width)
-    g = torch.randn(streams, rows, width)
+    x, w = torch.randn(streams, rows, dim, dtype=dtype), torch.randn(streams, dim, width, dtype=dtype)
+    g = torch.randn(streams, rows, width, dtype=dtype)
     torch.bmm(x, w)
     best = float("inf")
     for _ in range(repeats):
@@ -161,9 +165,11 @@ def _small_floor(cohort, store, plan, settings, work, args, t_batched: float) ->
     flops = _count_flops(lambda: run_cv(cohort, store, plan, _replace(settings, engine="batched"), out))
     models = len(grid_points(settings)) * args.outer * args.inner
     rows = int(round(settings.batch_size * float(np.mean(store.n_tiles))))
-    rate = _bmm_gflops(models, rows, args.dim, 128)
+    dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
+    rate = _bmm_gflops(models, rows, args.dim, 128, dtype=dtype)
     floor = flops / rate / 1e9
-    print(f"[small] head FLOPs {flops / 1e12:.2f} TFLOP; plain torch.bmm ({models} x {rows} x {args.dim} x 128, "
+    print(f"[small] head FLOPs {flops / 1e12:.2f} TFLOP; plain {str(dtype)[6:]} torch.bmm ({models} x {rows} x "
+          f"{args.dim} x 128, "
           f"fwd + weight grad) {rate:.0f} GFLOP/s -> arithmetic floor {floor:.1f} s; batched "
           f"{flops / t_batched / 1e9:.0f} GFLOP/s = {100 * floor / t_batched:.0f}% of it")
     return floor
@@ -187,6 +193,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also the whole nested CV, batched engine, end to end")
     ap.add_argument("--no-loop", action="store_true", help="skip the loop engine (no ratio)")
     ap.add_argument("--small", action="store_true", help="100 bags x 5-50 x 128-d, ABMIL, whole CV, both engines")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="the heads' precision in both engines (bf16: autocast matmuls)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     from loguru import logger
@@ -229,7 +237,8 @@ def main() -> None:
     print(f"features {feat / 2**20:.0f} MiB ({store.features.dtype}); memory target "
           f"<= 1.3 x features + 1 GiB = {(1.3 * feat + 2**30) / 2**20:.0f} MiB")
     for model in args.models:
-        settings = CVSettings("classification", model, epochs=args.epochs, batch_size=16, n_tiles=args.tiles)
+        settings = CVSettings("classification", model, epochs=args.epochs, batch_size=16, n_tiles=args.tiles,
+                              precision=args.precision)
         if args.small:
             for engine in ("batched", "loop"):
                 if engine == "loop" and args.no_loop:
@@ -239,7 +248,7 @@ def main() -> None:
                 t = time.perf_counter()
                 res = run_cv(cohort, store, plan, _replace(settings, engine=engine), out)
                 wall = time.perf_counter() - t
-                print(f"[small {model} {engine}] whole nested {args.outer}x{args.inner}, {args.epochs} epochs: "
+                print(f"[small {model} {engine} {args.precision}] whole nested {args.outer}x{args.inner}, {args.epochs} epochs: "
                       f"wall {wall:.1f} s, mean AUC {res.summary['mean']:.3f}")
                 if engine == "batched":
                     t_b = wall

@@ -270,7 +270,8 @@ def main() -> None:
         tm = dict(run.timings)
         flops = _flops_per_fold(run, sel_epochs)
         s_streams = args.inner
-        peak = _bmm_gflops(s_streams, 16 * args.tiles, args.dim, 128)
+        peak = _bmm_gflops(s_streams, 16 * args.tiles, args.dim, 128,
+                           dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
         achieved = flops / t_b / 1e9
         other = tm.get("assemble", 0) + tm.get("optimizer", 0)
         print(f"[{model}] outer fold 0 ({len(run.points) * args.inner} inner fits + 1 refit, {args.epochs} epochs): batched {t_b:.1f} s")
@@ -278,7 +279,7 @@ def main() -> None:
               f"optimizer {tm.get('optimizer', 0):.1f} s, evaluation {tm.get('evaluate', 0):.1f} s; "
               f"assembly + optimizer = {100 * other / t_b:.0f}% of the run, evaluation "
               f"{100 * tm.get('evaluate', 0) / t_b:.0f}% (its own forward passes included)")
-        print(f"[{model}]   head FLOPs {flops / 1e12:.2f} TFLOP -> {achieved:.1f} GFLOP/s; plain torch.bmm of "
+        print(f"[{model}]   head FLOPs {flops / 1e12:.2f} TFLOP -> {achieved:.1f} GFLOP/s; plain {args.precision} torch.bmm of "
               f"the first layer's shapes ({s_streams} x {16 * args.tiles} x {args.dim} x 128, fwd + weight grad) "
               f"{peak:.1f} GFLOP/s -> {100 * achieved / peak:.0f}% of it")
         print(f"[{model}]   peak PSS {mem.peak_pss / 2**20:.0f} MiB (x{mem.peak_pss / feat:.2f} of features; "

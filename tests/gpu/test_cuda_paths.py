@@ -37,3 +37,27 @@ def test_every_head_runs_masked_batches_on_cuda(name):
         alone = model(x[1:2, :100], mask[1:2, :100])
     assert out.shape == (4, 3) and torch.isfinite(out).all()
     torch.testing.assert_close(out[1:2], alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batched_cv_on_cuda_agrees_with_cpu(tmp_path, precision):
+    """The batched engine's stacked models on the GPU, fp32 and bf16 (autocast), against the CPU fp32 run."""
+    import json
+
+    from wsi_mil.cv.engine import CVSettings, run_cv
+    from wsi_mil.data.bags import BagStore
+    from wsi_mil.data.cohort import read_cohort
+    from wsi_mil.data.folds import make_fold_plan
+    from wsi_mil.testing.synthetic_cohort import write_synthetic_cohort
+
+    syn = write_synthetic_cohort(tmp_path / "data", n_patients=16, dim=32, n_tiles=(6, 40), seed=2)
+    cohort = read_cohort(syn.cohort_csv, "classification")
+    store = BagStore.from_dir(syn.features_dir, cohort.slide_ids)
+    plan = make_fold_plan(cohort, 3, 0, 1, seed=1)
+    scores = {}
+    for device, prec in (("cpu", "fp32"), ("cuda", precision)):
+        settings = CVSettings("classification", "abmil", mode="kfold", epochs=3, batch_size=4, n_tiles=16,
+                              device=device, precision=prec)
+        scores[device] = run_cv(cohort, store, plan, settings, tmp_path / device).predictions.score.to_numpy()
+        assert json.loads((tmp_path / device / "summary.json").read_text())["precision"] == prec
+    np.testing.assert_allclose(scores["cuda"], scores["cpu"], atol=1e-4 if precision == "fp32" else 5e-2)

@@ -26,10 +26,12 @@ Workloads (synthetic features with a planted signal, classification):
     python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3
     python dev_tools/bench_cv.py --small
     python dev_tools/bench_cv.py --small --precision bf16
+    python dev_tools/bench_cv.py --small --device cuda --precision bf16   # + GPU busy %
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -88,6 +90,40 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class GpuBusy:
+    """Samples ``nvidia-smi``'s GPU utilisation (% of time a kernel ran) every ``interval`` s in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import subprocess
+
+        index = str(torch.cuda.current_device())
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "-i", index, "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+                self.samples.append(float(out.stdout.strip().splitlines()[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+            self._stop.wait(self.interval)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.samples)) if self.samples else float("nan")
+
+    def __enter__(self) -> GpuBusy:
         self._thread.start()
         return self
 
@@ -195,6 +231,7 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="100 bags x 5-50 x 128-d, ABMIL, whole CV, both engines")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="the heads' precision in both engines (bf16: autocast matmuls)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (then GPU busy % is sampled with nvidia-smi)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     from loguru import logger
@@ -238,30 +275,36 @@ def main() -> None:
           f"<= 1.3 x features + 1 GiB = {(1.3 * feat + 2**30) / 2**20:.0f} MiB")
     for model in args.models:
         settings = CVSettings("classification", model, epochs=args.epochs, batch_size=16, n_tiles=args.tiles,
-                              precision=args.precision)
+                              precision=args.precision, device=args.device)
         if args.small:
             for engine in ("batched", "loop"):
                 if engine == "loop" and args.no_loop:
                     continue
                 out = work / f"small_{engine}"
                 shutil.rmtree(out, ignore_errors=True)
+                gpu = args.device == "cuda" and engine == "batched"
                 t = time.perf_counter()
-                res = run_cv(cohort, store, plan, _replace(settings, engine=engine), out)
+                with GpuBusy() if gpu else contextlib.nullcontext() as busy:
+                    res = run_cv(cohort, store, plan, _replace(settings, engine=engine), out)
                 wall = time.perf_counter() - t
                 print(f"[small {model} {engine} {args.precision}] whole nested {args.outer}x{args.inner}, {args.epochs} epochs: "
-                      f"wall {wall:.1f} s, mean AUC {res.summary['mean']:.3f}")
+                      f"wall {wall:.1f} s, mean AUC {res.summary['mean']:.3f}"
+                      + (f", GPU busy {busy.mean:.0f}% (target >= 90%)" if busy is not None else ""))
                 if engine == "batched":
                     t_b = wall
-                    floor = _small_floor(cohort, store, plan, settings, work, args, t_b)
+                    floor = _small_floor(cohort, store, plan, settings, work, args, t_b) if args.device == "cpu" else None
             if not args.no_loop:
-                print(f"[small {model}] loop / batched = {wall / t_b:.1f}x; at most {wall / floor:.1f}x at the "
-                      f"arithmetic floor above")
+                print(f"[small {model}] loop / batched = {wall / t_b:.1f}x"
+                      + (f"; at most {wall / floor:.1f}x at the arithmetic floor above" if floor else ""))
             continue
         root = work / f"run_{model}"
         shutil.rmtree(root, ignore_errors=True)
         run = _make_run(cohort, store, plan, settings, root / "batched")
-        with PeakMemory() as mem:
+        with PeakMemory() as mem, (GpuBusy() if args.device == "cuda" else contextlib.nullcontext()) as busy:
             t_b = _one_fold(run, _run_batched)
+        if busy is not None:
+            print(f"[{model}]   GPU busy {busy.mean:.0f}% of the batched run ({len(busy.samples)} samples; "
+                  f"target >= 90%)")
 
         import json
 

@@ -69,6 +69,32 @@ def test_thresholds_are_set_once_when_nested_and_restored_on_exit(monkeypatch):
                          ("trim", 0)]
 
 
+@glibc
+def test_overlapping_contexts_restore_when_the_last_one_exits(monkeypatch):
+    """Runs in threads overlap: the first one out must not take the thresholds from the others."""
+    calls = []
+    libc = allocator._glibc()
+
+    class Spy:
+        def mallopt(self, param, value):
+            calls.append(value)
+            return libc.mallopt(param, value)
+
+        def malloc_trim(self, pad):
+            calls.append("trim")
+            return libc.malloc_trim(pad)
+
+    monkeypatch.setattr(allocator, "_glibc", lambda: Spy())
+    first, second = reuse_freed_memory(), reuse_freed_memory()
+    assert first.__enter__() and second.__enter__()
+    first.__exit__(None, None, None)  # the first run ends while the second still trains
+    assert calls == [allocator.RUN_MMAP_THRESHOLD, 2 * allocator.RUN_MMAP_THRESHOLD]
+    second.__exit__(None, None, None)
+    assert calls[2:] == [allocator.GLIBC_MMAP_THRESHOLD_MAX, 2 * allocator.GLIBC_MMAP_THRESHOLD_MAX, "trim"]
+    with reuse_freed_memory() as ok:  # and a later run sets them again
+        assert ok and calls[5:] == [allocator.RUN_MMAP_THRESHOLD, 2 * allocator.RUN_MMAP_THRESHOLD]
+
+
 def test_without_glibc_it_does_nothing(monkeypatch):
     monkeypatch.setattr(allocator, "_glibc", lambda: None)
     with reuse_freed_memory() as ok:

@@ -44,14 +44,15 @@ def test_freed_large_tensors_are_reused_inside():
     assert int(inside) < int(outside) / 2
 
 
-@glibc
-def test_thresholds_are_set_once_when_nested_and_restored_on_exit(monkeypatch):
+@pytest.fixture
+def libc_calls(monkeypatch):
+    """glibc's mallopt / malloc_trim, called for real and recorded: [(param, value) | ("trim", pad)]."""
     calls = []
     libc = allocator._glibc()
 
     class Spy:
         def mallopt(self, param, value):
-            calls.append(("mallopt", param, value))
+            calls.append((param, value))
             return libc.mallopt(param, value)
 
         def malloc_trim(self, pad):
@@ -59,40 +60,35 @@ def test_thresholds_are_set_once_when_nested_and_restored_on_exit(monkeypatch):
             return libc.malloc_trim(pad)
 
     monkeypatch.setattr(allocator, "_glibc", lambda: Spy())
-    with reuse_freed_memory():
-        with reuse_freed_memory() as inner_ok:  # nested: no change, the outer one restores
-            assert inner_ok
-        assert calls == [("mallopt", allocator.M_MMAP_THRESHOLD, allocator.RUN_MMAP_THRESHOLD),
-                         ("mallopt", allocator.M_TRIM_THRESHOLD, 2 * allocator.RUN_MMAP_THRESHOLD)]
-    assert calls[2:] == [("mallopt", allocator.M_MMAP_THRESHOLD, allocator.GLIBC_MMAP_THRESHOLD_MAX),
-                         ("mallopt", allocator.M_TRIM_THRESHOLD, 2 * allocator.GLIBC_MMAP_THRESHOLD_MAX),
-                         ("trim", 0)]
+    return calls
+
+
+SET = [(allocator.M_MMAP_THRESHOLD, allocator.RUN_MMAP_THRESHOLD),
+       (allocator.M_TRIM_THRESHOLD, 2 * allocator.RUN_MMAP_THRESHOLD)]
+RESTORE = [(allocator.M_MMAP_THRESHOLD, allocator.GLIBC_MMAP_THRESHOLD_MAX),
+           (allocator.M_TRIM_THRESHOLD, 2 * allocator.GLIBC_MMAP_THRESHOLD_MAX), ("trim", 0)]
 
 
 @glibc
-def test_overlapping_contexts_restore_when_the_last_one_exits(monkeypatch):
+def test_thresholds_are_set_once_when_nested_and_restored_on_exit(libc_calls):
+    with reuse_freed_memory():
+        with reuse_freed_memory() as inner_ok:  # nested: no change, the outer one restores
+            assert inner_ok
+        assert libc_calls == SET
+    assert libc_calls == SET + RESTORE
+
+
+@glibc
+def test_overlapping_contexts_restore_when_the_last_one_exits(libc_calls):
     """Runs in threads overlap: the first one out must not take the thresholds from the others."""
-    calls = []
-    libc = allocator._glibc()
-
-    class Spy:
-        def mallopt(self, param, value):
-            calls.append(value)
-            return libc.mallopt(param, value)
-
-        def malloc_trim(self, pad):
-            calls.append("trim")
-            return libc.malloc_trim(pad)
-
-    monkeypatch.setattr(allocator, "_glibc", lambda: Spy())
     first, second = reuse_freed_memory(), reuse_freed_memory()
     assert first.__enter__() and second.__enter__()
     first.__exit__(None, None, None)  # the first run ends while the second still trains
-    assert calls == [allocator.RUN_MMAP_THRESHOLD, 2 * allocator.RUN_MMAP_THRESHOLD]
+    assert libc_calls == SET
     second.__exit__(None, None, None)
-    assert calls[2:] == [allocator.GLIBC_MMAP_THRESHOLD_MAX, 2 * allocator.GLIBC_MMAP_THRESHOLD_MAX, "trim"]
+    assert libc_calls == SET + RESTORE
     with reuse_freed_memory() as ok:  # and a later run sets them again
-        assert ok and calls[5:] == [allocator.RUN_MMAP_THRESHOLD, 2 * allocator.RUN_MMAP_THRESHOLD]
+        assert ok and libc_calls == SET + RESTORE + SET
 
 
 def test_without_glibc_it_does_nothing(monkeypatch):

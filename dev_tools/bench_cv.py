@@ -75,21 +75,23 @@ def _tree_memory_bytes() -> tuple[int, int]:
     return pss, rss
 
 
-class PeakMemory:
-    """Samples the process tree memory every ``interval`` seconds in a thread."""
+class _Sampler:
+    """Calls ``sample()`` every ``interval`` seconds in a thread while the context is open."""
 
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval, self.peak_pss, self.peak_rss = interval, 0, 0
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            pss, rss = _tree_memory_bytes()
-            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -98,38 +100,39 @@ class PeakMemory:
         self._thread.join()
 
 
-class GpuBusy:
-    """Samples ``nvidia-smi``'s GPU utilisation (% of time a kernel ran) every ``interval`` s in a thread."""
+class PeakMemory(_Sampler):
+    """Peak PSS and RSS of the process tree, sampled every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(interval)
+        self.peak_pss = self.peak_rss = 0
+
+    def sample(self) -> None:
+        pss, rss = _tree_memory_bytes()
+        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+
+
+class GpuBusy(_Sampler):
+    """``nvidia-smi``'s utilisation of this process's GPU (% of time a kernel ran), every ``interval`` s."""
 
     def __init__(self, interval: float = 0.2) -> None:
-        self.interval, self.samples = interval, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval)
+        self.samples: list[float] = []
+        self._index = str(torch.cuda.current_device())
 
-    def _run(self) -> None:
+    def sample(self) -> None:
         import subprocess
 
-        index = str(torch.cuda.current_device())
-        while not self._stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "-i", index, "--query-gpu=utilization.gpu",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
-                self.samples.append(float(out.stdout.strip().splitlines()[0]))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-                pass
-            self._stop.wait(self.interval)
+        try:
+            out = subprocess.run(["nvidia-smi", "-i", self._index, "--query-gpu=utilization.gpu",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+            self.samples.append(float(out.stdout.strip().splitlines()[0]))
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            pass
 
     @property
     def mean(self) -> float:
         return float(np.mean(self.samples)) if self.samples else float("nan")
-
-    def __enter__(self) -> GpuBusy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _bmm_gflops(streams: int, rows: int, dim: int, width: int, repeats: int = 3,

@@ -11,10 +11,11 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from wsi_mil.cv.selection import TIEBREAKS
 from wsi_mil.data.cohort import Cohort
 from wsi_mil.data.folds import FoldPlan
 from wsi_mil.errors import ConfigError
-from wsi_mil.training.fit import check_train_precision
+from wsi_mil.training.fit import MULTICLASS_SCORES, check_train_precision
 
 MODES = ("nested", "kfold")
 BACKENDS = ("loky", "threading")
@@ -71,10 +72,10 @@ class CVSettings:
             raise ConfigError(f"protocol {self.protocol!r}; choose one of {PROTOCOLS}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r}; choose one of {ENGINES}")
-        if self.selection_tiebreak not in ("loss", "first"):
-            raise ConfigError(f"selection_tiebreak {self.selection_tiebreak!r}; choose loss or first")
-        if self.multiclass_scores not in ("probabilities", "logits"):
-            raise ConfigError(f"multiclass_scores {self.multiclass_scores!r}; choose probabilities or logits")
+        if self.selection_tiebreak not in TIEBREAKS:
+            raise ConfigError(f"selection_tiebreak {self.selection_tiebreak!r}; choose one of {TIEBREAKS}")
+        if self.multiclass_scores not in MULTICLASS_SCORES:
+            raise ConfigError(f"multiclass_scores {self.multiclass_scores!r}; choose one of {MULTICLASS_SCORES}")
         check_train_precision(self.precision)
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r}; choose one of {BACKENDS}")

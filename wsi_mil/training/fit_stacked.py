@@ -49,7 +49,7 @@ from wsi_mil.data.bags import BagStore, BatchBuffer, Pick, pick_tiles
 from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.evaluation.metrics import MetricWarning
 from wsi_mil.models.base import trusted_inputs
-from wsi_mil.training.fit import FitParams, Targets, create_head, outputs_to_scores, train_autocast
+from wsi_mil.training.fit import FitParams, Targets, create_head, outputs_to_scores
 from wsi_mil.training.losses import cox_loss
 from wsi_mil.training.stacked import StackedAdam, StackedHeads, stackable
 from wsi_mil.training.stacked_batches import StackedBatch, assemble_step, plan_step, run_models
@@ -223,8 +223,7 @@ def _train_step(stacked: StackedHeads, targets: Targets, batch: StackedBatch, id
             act = torch.from_numpy(step_active[g0:g1, s0:s1])  # (g, S')
             if not bool(act.any()):
                 continue
-            with train_autocast(precision, batch.x.device):
-                out = run_models(stacked, batch, (g0, g1), streams, n_streams)  # (g, S', B, C)
+            out = run_models(stacked, batch, (g0, g1), streams, n_streams, precision)  # (g, S', B, C)
             losses = _losses(targets, out.float(), tgt, valid, idx)  # (g, S'), float32
             loss = (losses * act.to(losses.dtype)).sum()
             loss.backward()
@@ -320,8 +319,7 @@ class _Evaluator:
                 batch = batch.to(self.device)
                 row_bytes = batch.x.numel() * batch.x.element_size()
                 for g0, g1 in _model_chunks(self.n_rows, n_streams, (s0, s1), row_bytes, self.chunk_bytes):
-                    with train_autocast(self.precision, self.device):
-                        out = run_models(stacked, batch, (g0, g1), (s0, s1), n_streams)  # (g, S', B, C)
+                    out = run_models(stacked, batch, (g0, g1), (s0, s1), n_streams, self.precision)  # (g, S', B, C)
                     for r in range(g1 - g0):
                         for s in range(s0, s1):
                             if k < len(self.steps[s]):

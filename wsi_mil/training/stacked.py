@@ -199,6 +199,9 @@ class StackedAdam:
         if not bool(active.any()):
             return
         self.steps += active.to(torch.float64)
+        if bool(active.all()) and self._fused and bool((self.steps == self.steps[0]).all()):
+            self._fused_step(float(self.steps[0]))
+            return
         steps = self.steps.clamp(min=1.0)
         bc1 = 1.0 - self.beta1 ** steps
         bc2_sqrt = (1.0 - self.beta2 ** steps).sqrt()
@@ -207,9 +210,6 @@ class StackedAdam:
         wd = self.weight_decay.to(self.params[0].dtype)
         any_decay = bool((self.weight_decay != 0).any())
         all_active = bool(active.all())
-        if all_active and self._fused and bool((self.steps == self.steps[0]).all()):
-            self._fused_step(float(self.steps[0]))
-            return
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
             if p.grad is None:
                 continue

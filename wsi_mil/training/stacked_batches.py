@@ -20,6 +20,7 @@ import torch
 from wsi_mil.data.bags import BagStore, BatchBuffer, Pick, assemble, assemble_packed, bag_sizes
 from wsi_mil.data.scaling import FeatureScaler
 from wsi_mil.models.layers import Packing
+from wsi_mil.training.fit import train_autocast
 from wsi_mil.training.stacked import StackedHeads
 
 #: a step's bags are packed when that leaves at most this share of the padded batch's rows
@@ -97,11 +98,12 @@ def fold_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def run_models(stacked: StackedHeads, batch: StackedBatch, rows: tuple[int, int], streams: tuple[int, int],
-                n_streams: int) -> torch.Tensor:
-    """Outputs ``(g, S', B, C)`` of models rows x streams on the group's batch."""
+               n_streams: int, precision: str = "fp32") -> torch.Tensor:
+    """Outputs ``(g, S', B, C)`` of models rows x streams on the group's batch, in the heads'
+    ``precision`` (:func:`~wsi_mil.training.fit.train_autocast`; bf16 outputs are the caller's to cast)."""
     (g0, g1), (s0, s1) = rows, streams
     g = g1 - g0
-    with stacked.models(g0 * n_streams + s0, (g1 - 1) * n_streams + s1):
+    with stacked.models(g0 * n_streams + s0, (g1 - 1) * n_streams + s1), train_autocast(precision, batch.x.device):
         if batch.sizes is None:
             out = stacked(fold_rows(batch.x, g), fold_rows(batch.mask, g))  # (g * S' * B, C)
         else:

@@ -20,12 +20,16 @@ Workloads (synthetic features with a planted signal, classification):
   over the rate of a plain ``torch.bmm`` of the stacked first layer's shapes,
   hence the largest loop / batched ratio that matmul rate allows.
   ``--precision bf16`` runs both engines with the heads' matmuls in bfloat16
-  (the floor then uses a bfloat16 ``torch.bmm``).
+  (the floor then uses a bfloat16 ``torch.bmm``). ``--ablate`` instead runs
+  the batched small-bag CV five times in this process: as shipped, then
+  without each of the allocator setting (``reuse_freed_memory``), the fused
+  Adam kernel and the sigmoid-based tanh, then as shipped again (drift check).
 
     python dev_tools/bench_cv.py --models meanpool --epochs 50 --full
     python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3
     python dev_tools/bench_cv.py --small
     python dev_tools/bench_cv.py --small --precision bf16
+    python dev_tools/bench_cv.py --small --ablate
     python dev_tools/bench_cv.py --small --device cuda --precision bf16   # + GPU busy %
 """
 from __future__ import annotations
@@ -214,6 +218,41 @@ def _small_floor(cohort, store, plan, settings, work, args, t_batched: float) ->
     return floor
 
 
+def _ablate(cohort, store, plan, settings, work) -> None:
+    """The batched small-bag CV as shipped and with one speed-up switched off at a time."""
+    from unittest import mock
+
+    import wsi_mil.cv.engine as engine
+    import wsi_mil.models.layers as layers
+    import wsi_mil.training.stacked as stacked
+    from wsi_mil.cv.engine import run_cv
+
+    @contextlib.contextmanager
+    def no_allocator_setting():
+        yield False
+
+    variants = [
+        ("as shipped", []),
+        ("without the allocator setting", [mock.patch.object(engine, "reuse_freed_memory", no_allocator_setting)]),
+        ("without the fused Adam kernel", [mock.patch.object(stacked, "_has_fused_adam", lambda p: False)]),
+        ("with torch.tanh", [mock.patch.object(layers.Tanh, "forward", lambda self, x: torch.tanh(x))]),
+        ("as shipped (again)", []),
+    ]
+    base = None
+    for name, patches in variants:
+        out = work / "small_ablate"
+        shutil.rmtree(out, ignore_errors=True)
+        with contextlib.ExitStack() as stack:
+            for p in patches:
+                stack.enter_context(p)
+            t = time.perf_counter()
+            res = run_cv(cohort, store, plan, _replace(settings, engine="batched"), out)
+            wall = time.perf_counter() - t
+        base = wall if base is None else base
+        print(f"[small ablate] {name}: wall {wall:.1f} s ({wall / base:.2f}x the first run), "
+              f"mean AUC {res.summary['mean']:.3f}", flush=True)
+
+
 def _replace(settings, **kw):
     from dataclasses import replace
 
@@ -234,6 +273,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="100 bags x 5-50 x 128-d, ABMIL, whole CV, both engines")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="the heads' precision in both engines (bf16: autocast matmuls)")
+    ap.add_argument("--ablate", action="store_true",
+                    help="with --small: the batched CV as shipped and without each of this round's speed-ups")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (then GPU busy % is sampled with nvidia-smi)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -279,6 +320,9 @@ def main() -> None:
     for model in args.models:
         settings = CVSettings("classification", model, epochs=args.epochs, batch_size=16, n_tiles=args.tiles,
                               precision=args.precision, device=args.device)
+        if args.small and args.ablate:
+            _ablate(cohort, store, plan, settings, work)
+            continue
         if args.small:
             for engine in ("batched", "loop"):
                 if engine == "loop" and args.no_loop:

@@ -7,8 +7,9 @@ output). glibc's malloc serves every allocation above ``M_MMAP_THRESHOLD``
 unmaps them on ``free``, so each such tensor page-faults anew, every step:
 on the 2-core machine of the README, a 30 MB and a 40 MB product computed 20
 times took 13.5 ms per pair with 251,000 minor page faults, against 4.9 ms
-and 57,000 faults with the thresholds below (``dev_tools/bench_cv.py --small``:
-the batched nested CV 44.4 -> ~33 s, the loop 103.1 -> 68.2 s). PyTorch's CPU-tuning guides recommend
+and 57,000 faults with the thresholds below; the batched small-bag nested CV
+is ~6-8% slower without it (``dev_tools/bench_cv.py --small --ablate``).
+PyTorch's CPU-tuning guides recommend
 jemalloc or tcmalloc for this reason; :func:`reuse_freed_memory` gets the
 same from glibc with ``mallopt``, for the duration of a run only.
 

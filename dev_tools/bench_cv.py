@@ -275,7 +275,7 @@ def main() -> None:
                     help="the heads' precision in both engines (bf16: autocast matmuls)")
     ap.add_argument("--ablate", action="store_true",
                     help="with --small: the batched CV as shipped and without each of this round's speed-ups")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda (then GPU busy % is sampled with nvidia-smi)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (then GPU busy %% is sampled with nvidia-smi)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     from loguru import logger

@@ -16,7 +16,7 @@ _SCRIPT = """
 import resource, torch
 from wsi_mil.training.allocator import reuse_freed_memory
 
-def faults(n=5):
+def faults(n=10):
     a = torch.ones(10_000_000)  # 40 MB: above glibc's largest adaptive mmap threshold (32 MiB)
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(n):
@@ -38,9 +38,10 @@ def test_freed_large_tensors_are_reused_inside():
     out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, check=True)
     ok, outside, inside = out.stdout.split()
     # each 40 MB product on fresh mmap'd pages faults ~9,800 times (4 KiB pages); inside, freed memory is
-    # reused (measured: 48,800 faults outside, 19,500 inside for 5 products)
+    # reused (measured over 20 runs, 10 products: 97,700 faults outside, 0-19,500 inside; with 5 products
+    # the inside count reached 3 products' faults once in 12 runs, too close to half of the outside count)
     assert ok == "True"
-    assert int(outside) > 40_000
+    assert int(outside) > 80_000
     assert int(inside) < int(outside) / 2
 
 

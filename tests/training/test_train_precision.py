@@ -97,3 +97,36 @@ def test_reference_protocol_trains_in_fp32():
     settings, changes = apply_protocol(CVSettings("classification", "abmil", precision="bf16",
                                                   protocol="reference"))
     assert settings.precision == "fp32" and any(c.startswith("precision='fp32'") for c in changes)
+
+
+@pytest.mark.parametrize("model", ["abmil", "chowder", "dsmil", "meanpool"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_bf16_input_cast_once_equals_autocast_cast(model, packed):
+    """run_models casts the batch to bfloat16 once, before repeating it per row of models: the
+    outputs equal autocast casting the repeated float32 batch in the heads' first layers, bit for bit."""
+    from wsi_mil.models.base import trusted_inputs
+    from wsi_mil.training.stacked import StackedHeads
+    from wsi_mil.training.stacked_batches import StackedBatch, fold_rows, repeat_rows, run_models
+
+    torch.manual_seed(0)
+    rows, streams, bags, dim = 2, 3, 4, 16
+    stacked = StackedHeads([create_model(model, dim, 2) for _ in range(rows * streams)])
+    sizes = np.array([[3, 5, 1, 4], [2, 2, 6, 3], [5, 1, 1, 2]])
+    if packed and stacked.packable:
+        x = torch.zeros(streams, int(sizes.sum(1).max()), dim)
+        for s in range(streams):
+            x[s, : sizes[s].sum()] = torch.randn(int(sizes[s].sum()), dim)
+        batch = StackedBatch(x, sizes=sizes)
+    else:
+        mask = torch.arange(6) < torch.from_numpy(sizes)[..., None]  # (S, B, N)
+        batch = StackedBatch(torch.randn(streams, bags, 6, dim) * mask[..., None], mask=mask)
+    with trusted_inputs():
+        out = run_models(stacked, batch, (0, rows), (0, streams), streams, "bf16")
+        assert batch.input("bf16").dtype == torch.bfloat16 and batch.input("fp32") is batch.x
+        with train_autocast("bf16", "cpu"):  # the float32 batch, cast by autocast in each first layer
+            if batch.sizes is None:
+                ref = stacked(fold_rows(batch.x, rows), fold_rows(batch.mask, rows))
+            else:
+                ref = stacked.forward_packed(repeat_rows(batch.x, rows), batch.packing(rows))
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out.reshape(ref.shape), ref)

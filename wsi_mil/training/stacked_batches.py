@@ -40,6 +40,7 @@ class StackedBatch:
     mask: torch.Tensor | None = None
     sizes: np.ndarray | None = None
     packings: dict[int, Packing] = field(default_factory=dict)  # rows of models -> the folded batch's map
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # precision -> x as the heads take it
 
     @property
     def width(self) -> int:
@@ -49,6 +50,16 @@ class StackedBatch:
         if self.x.device == torch.device(device):
             return self
         return StackedBatch(self.x.to(device), None if self.mask is None else self.mask.to(device), self.sizes)
+
+    def input(self, precision: str) -> torch.Tensor:
+        """``x`` in the heads' input dtype: bfloat16 under ``"bf16"`` (cast once, before the batch
+        is repeated per row of models; autocast would cast the repeated batch in every first layer,
+        with the same rounding), else ``x`` itself."""
+        if precision != "bf16" or self.x.dtype != torch.float32:
+            return self.x
+        if precision not in self.inputs:
+            self.inputs[precision] = self.x.to(torch.bfloat16)
+        return self.inputs[precision]
 
     def packing(self, rows: int) -> Packing:
         """The map of the packed batch repeated for ``rows`` rows of models (built once per rows)."""

@@ -109,3 +109,51 @@ def test_heads_outside_linear_layers_are_not_stackable():
     ok, why = stackable(create_model("transmil", 8, 1))
     assert not ok and "cls_token" in why
     assert stackable(create_model("chowder", 8, 1)) == (True, "")
+
+
+def test_stacked_gradients_keep_the_parameter_layout_and_state_dicts_are_row_major_copies():
+    """The batched matmul's weight gradient comes out in the parameters' own (contiguous) layout, so
+    autograd keeps it instead of copying it each step; a model's state dict is the nn.Linear
+    layout and shares no memory with the stacked parameters (1-row weights included)."""
+    torch.manual_seed(2)
+    heads = [create_model("abmil", 6, 1, d_model_attention=4, mlp_hidden=[5]) for _ in range(3)]
+    stacked = StackedHeads(heads)
+    x, mask = torch.randn(3, 4, 7, 6), torch.ones(3, 4, 7, dtype=torch.bool)
+    for lo, hi in [(0, 3), (1, 2)]:  # every model (batched matmuls); one model (the plain-matmul path)
+        stacked.zero_grad()
+        with trusted_inputs(), stacked.models(lo, hi):
+            out = stacked(x[lo:hi].reshape(-1, 7, 6), mask[lo:hi].reshape(-1, 7))
+        if (lo, hi) == (0, 3):  # each parameter feeds its matmul directly: no slice / transpose node whose
+            # backward would copy (or zero-fill and copy) a full-size gradient every step
+            consumers = _parameter_consumers(out.grad_fn)
+            assert set(consumers) == {id(p) for p in stacked.parameters()}
+            allowed = {"BaddbmmBackward0", "BmmBackward0", "UnsqueezeBackward0"}  # the bias's unsqueeze: a view
+            assert {name for names in consumers.values() for name in names} <= allowed
+        out.sum().backward()
+        for name, p in stacked.named_parameters():
+            assert p.is_contiguous() and p.grad.is_contiguous(), name
+    sd = stacked.state_dict_of(1)
+    for name, value in heads[1].state_dict().items():
+        assert sd[name].is_contiguous() and sd[name].shape == value.shape, name
+        torch.testing.assert_close(sd[name], value)
+    before = sd["attention.attention_c.weight"].clone()  # (1, 4): contiguous as a view too
+    with torch.no_grad():
+        for p in stacked.parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(sd["attention.attention_c.weight"], before)
+
+
+def _parameter_consumers(root) -> dict[int, set[str]]:
+    """id(parameter) -> names of the autograd nodes that take it as an input."""
+    out: dict[int, set[str]] = {}
+    seen, todo = set(), [root]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None and hasattr(child, "variable"):
+                out.setdefault(id(child.variable), set()).add(node.name())
+            todo.append(child)
+    return out

@@ -43,27 +43,43 @@ class FoldedLinear(nn.Module):
     ``weight (M, out, in)``, ``bias (M, out)`` (the ``nn.Linear`` layout per
     model). ``forward(x (M' * B, ..., in)) -> (M' * B, ..., out)`` where M' is
     the number of models of the active range (see :meth:`StackedHeads.models`).
+
+    The weights are held transposed, as the parameter ``weight_t (M, in, out)``
+    (``weight`` is its transposed view): the batched matmul takes it as its
+    contiguous right operand, and its backward returns a contiguous gradient
+    that autograd keeps as ``.grad``; with ``(M, out, in)`` parameters the
+    gradient came out transposed and was copied into the parameter's layout
+    every step (~1 ms per 100 x 128 x 128 weight on the README's CPU).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight)
+        self.weight_t = nn.Parameter(weight.transpose(1, 2).contiguous())  # (M, in, out)
         self.bias = None if bias is None else nn.Parameter(bias)
         self.active = slice(None)
 
+    @property
+    def weight(self) -> Tensor:
+        """``(M, out, in)``, the ``nn.Linear`` layout per model (a view of ``weight_t``)."""
+        return self.weight_t.transpose(1, 2)
+
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight[self.active]  # (M', out, in)
-        m = weight.shape[0]
+        # all models: the parameters themselves (a slice's backward would zero-fill and copy a full-size gradient)
+        every = self.active == slice(None)
+        weight_t = self.weight_t if every else self.weight_t[self.active]  # (M', in, out)
+        bias = self.bias if every or self.bias is None else self.bias[self.active]  # (M', out)
+        m = weight_t.shape[0]
         lead = x.shape[:-1]
-        if m == 1:  # one model (large bags): the plain Linear kernel, whose backward avoids a transposed copy
-            bias = None if self.bias is None else self.bias[self.active][0]
-            return nn.functional.linear(x, weight[0], bias)  # (B, ..., out)
+        if m == 1:  # one model (large bags): one plain matmul (what nn.Linear runs), gradient in weight_t's layout
+            x2 = x.reshape(-1, x.shape[-1])  # (B * ..., in)
+            out = torch.mm(x2, weight_t[0]) if bias is None else torch.addmm(bias[0], x2, weight_t[0])
+            return out.reshape(*lead, weight_t.shape[2])  # (B, ..., out)
         xm = x.reshape(m, -1, x.shape[-1])  # (M', T, in)
-        if self.bias is None:
-            out = torch.bmm(xm, weight.transpose(1, 2))  # (M', T, out)
+        if bias is None:
+            out = torch.bmm(xm, weight_t)  # (M', T, out)
         else:
-            out = torch.baddbmm(self.bias[self.active].unsqueeze(1), xm, weight.transpose(1, 2))
-        return out.reshape(*lead, weight.shape[1])  # (M' * B, ..., out)
+            out = torch.baddbmm(bias.unsqueeze(1), xm, weight_t)
+        return out.reshape(*lead, weight_t.shape[2])  # (M' * B, ..., out)
 
     def extra_repr(self) -> str:
         m, out_f, in_f = self.weight.shape
@@ -136,8 +152,9 @@ class StackedHeads(nn.Module):
     @contextlib.contextmanager
     def models(self, lo: int, hi: int) -> Iterator[None]:
         """Run only models ``lo..hi-1`` inside the context."""
+        active = slice(None) if (lo, hi) == (0, self.n_models) else slice(lo, hi)
         for f in self._folded.values():
-            f.active = slice(lo, hi)
+            f.active = active
         try:
             yield
         finally:
@@ -148,7 +165,7 @@ class StackedHeads(nn.Module):
         """Model m's state dict in the layout of the original head (loadable by it)."""
         out = {}
         for name, f in self._folded.items():
-            out[f"{name}.weight"] = f.weight[m].detach().clone()
+            out[f"{name}.weight"] = f.weight[m].detach().clone(memory_format=torch.contiguous_format)  # row-major
             if f.bias is not None:
                 out[f"{name}.bias"] = f.bias[m].detach().clone()
         return out

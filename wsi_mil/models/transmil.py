@@ -18,6 +18,7 @@ convolutions and the landmark grouping see the tile order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from nystrom_attention import NystromAttention
@@ -76,8 +77,61 @@ class TransLayer(nn.Module):
         return row[:, :, 0, front + 1 :].mean(dim=1)  # (G, L - 1)
 
 
+class SquaredBagsHead(MILHead):
+    """``forward`` / ``tile_scores`` of the TransMILs, from the head's ``_run(x, mask, with_scores)``
+    (logits ``(B, C)``, CLS attention ``(B, N)`` or None; see :func:`run_squared`)."""
+
+    def _run(self, x: Tensor, mask: Tensor, with_scores: bool) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x, mask = self._prepare(x, mask)  # (B, N, D), (B, N)
+        logits, _ = self._run(x, mask, with_scores=False)  # (B, C)
+        return logits  # (B, C)
+
+    def tile_scores(
+        self, x: Tensor, mask: Tensor | None = None, output_index: int | None = None
+    ) -> Tensor:
+        x, mask = self._prepare(x, mask)  # (B, N, D), (B, N)
+        _, scores = self._run(x, mask, with_scores=True)  # (B, N)
+        return scores  # (B, N)
+
+
+def run_squared(tokens: Tensor, mask: Tensor, with_scores: bool, cls_token: Tensor, first: nn.Module,
+                pos: nn.Module, second: nn.Module, classify: Callable[[Tensor], Tensor]
+                ) -> tuple[Tensor, Tensor | None]:
+    """The TransMIL pass on each bag's real tokens ``tokens (B, N, P)``: square them to ``S*S``
+    (S = ceil(sqrt(n)), the first tokens appended again), prepend the CLS token, ``first`` block,
+    ``pos(grid, S)`` on the grid tokens, ``second`` block, ``classify(CLS)``. Bags with the same side
+    run together, unpadded. Returns logits ``(B, C)`` and, with ``with_scores``, the CLS token's
+    attention in ``second`` (its ``cls_attention``) on each tile ``(B, N)`` (NaN = padded; a wrapped
+    duplicate's attention added to its tile), else None.
+    """
+    n_real = mask.sum(dim=1).tolist()  # B ints
+    sides = [math.isqrt(n - 1) + 1 for n in n_real]  # S = ceil(sqrt(n))
+    order, outs = [], []
+    scores = None
+    if with_scores:
+        scores = torch.full(mask.shape, math.nan, dtype=tokens.dtype, device=tokens.device)  # (B, N)
+    for side in sorted(set(sides)):
+        idx = [b for b, s in enumerate(sides) if s == side]
+        seq = torch.stack([_square(tokens[b][mask[b]], side) for b in idx])  # (G, S*S, P)
+        cls = cls_token.expand(len(idx), -1, -1)  # (G, 1, P)
+        seq = first(torch.cat([cls, seq], dim=1))  # (G, 1+S*S, P)
+        seq = torch.cat([seq[:, :1], pos(seq[:, 1:], side)], dim=1)  # (G, 1+S*S, P)
+        if scores is not None:
+            attn = second.cls_attention(seq)  # (G, S*S)
+            for g, b in enumerate(idx):
+                scores[b, mask[b]] = _unsquare(attn[g], n_real[b])  # (n_b,)
+        seq = second(seq)  # (G, 1+S*S, P)
+        outs.append(classify(seq[:, 0]))  # (G, C)
+        order.extend(idx)
+    logits = torch.cat(outs)[torch.argsort(torch.tensor(order, device=tokens.device))]  # (B, C)
+    return logits, scores
+
+
 @register_model("transmil")
-class TransMIL(MILHead):
+class TransMIL(SquaredBagsHead):
     """``x (B, N, D)`` -> Linear + ReLU ``(B, N, P)`` -> per bag: square the
     real tokens to ``S*S`` (S = ceil(sqrt(n))), prepend CLS -> layer ->
     PPEG -> layer -> LayerNorm(CLS) -> Linear ``(B, C)``.
@@ -127,41 +181,8 @@ class TransMIL(MILHead):
 
     def _run(self, x: Tensor, mask: Tensor, with_scores: bool) -> tuple[Tensor, Tensor | None]:
         """Logits ``(B, C)`` and, if asked, CLS attention on each tile ``(B, N)`` (NaN = padded)."""
-        h = self.proj(x)  # (B, N, P)
-        n_real = mask.sum(dim=1).tolist()  # B ints
-        sides = [math.isqrt(n - 1) + 1 for n in n_real]  # S = ceil(sqrt(n))
-        order, outs = [], []
-        scores = None
-        if with_scores:
-            scores = torch.full(mask.shape, math.nan, dtype=h.dtype, device=x.device)  # (B, N)
-        for side in sorted(set(sides)):
-            idx = [b for b, s in enumerate(sides) if s == side]
-            seq = torch.stack([_square(h[b][mask[b]], side) for b in idx])  # (G, S*S, P)
-            cls = self.cls_token.expand(len(idx), -1, -1)  # (G, 1, P)
-            seq = self.layer1(torch.cat([cls, seq], dim=1))  # (G, 1+S*S, P)
-            grid = self.pos_layer(seq[:, 1:], side)  # (G, S*S, P)
-            seq = torch.cat([seq[:, :1], grid], dim=1)  # (G, 1+S*S, P)
-            if scores is not None:
-                attn = self.layer2.cls_attention(seq)  # (G, S*S)
-                for g, b in enumerate(idx):
-                    scores[b, mask[b]] = _unsquare(attn[g], n_real[b])  # (n_b,)
-            seq = self.layer2(seq)  # (G, 1+S*S, P)
-            outs.append(self.head(self.norm(seq[:, 0])))  # (G, C)
-            order.extend(idx)
-        logits = torch.cat(outs)[torch.argsort(torch.tensor(order, device=x.device))]  # (B, C)
-        return logits, scores
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x, mask = self._prepare(x, mask)  # (B, N, D), (B, N)
-        logits, _ = self._run(x, mask, with_scores=False)  # (B, C)
-        return logits  # (B, C)
-
-    def tile_scores(
-        self, x: Tensor, mask: Tensor | None = None, output_index: int | None = None
-    ) -> Tensor:
-        x, mask = self._prepare(x, mask)  # (B, N, D), (B, N)
-        _, scores = self._run(x, mask, with_scores=True)  # (B, N)
-        return scores  # (B, N)
+        return run_squared(self.proj(x), mask, with_scores, self.cls_token, self.layer1, self.pos_layer,
+                           self.layer2, lambda cls: self.head(self.norm(cls)))
 
 
 def _square(tokens: Tensor, side: int) -> Tensor:

@@ -20,16 +20,14 @@ Not permutation-invariant: the PPEG convolutions see the tile order.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_mil.errors import ConfigError
-from wsi_mil.models.base import MILHead, check_positive_int, check_probability
+from wsi_mil.models.base import check_positive_int, check_probability
 from wsi_mil.models.registry import register_model
-from wsi_mil.models.transmil import _square, _unsquare
+from wsi_mil.models.transmil import SquaredBagsHead, run_squared
 
 
 class SelfAttention(nn.Module):
@@ -100,7 +98,7 @@ class DensePPEG(nn.Module):
 
 
 @register_model("transmil_ref")
-class TransMILRef(MILHead):
+class TransMILRef(SquaredBagsHead):
     """``x (B, N, D)`` -> per bag: square the real tiles to ``S*S`` (S = ceil(sqrt(n))),
     prepend CLS -> block -> dense PPEG -> block -> LayerNorm(CLS) -> Linear ``(B, C)``.
 
@@ -131,39 +129,8 @@ class TransMILRef(MILHead):
 
     def _run(self, x: Tensor, mask: Tensor, with_scores: bool) -> tuple[Tensor, Tensor | None]:
         """Logits ``(B, C)`` and, if asked, CLS attention on each tile ``(B, N)`` (NaN = padded)."""
-        n_real = mask.sum(dim=1).tolist()  # B ints
-        sides = [math.isqrt(n - 1) + 1 for n in n_real]  # S = ceil(sqrt(n))
-        order, outs = [], []
-        scores = None
-        if with_scores:
-            scores = torch.full(mask.shape, math.nan, dtype=x.dtype, device=x.device)  # (B, N)
-        for side in sorted(set(sides)):
-            idx = [b for b, s in enumerate(sides) if s == side]
-            seq = torch.stack([_square(x[b][mask[b]], side) for b in idx])  # (G, S*S, D)
-            cls = self.cls_token.expand(len(idx), -1, -1)  # (G, 1, D)
-            seq = self.cor(torch.cat([cls, seq], dim=1))  # (G, 1+S*S, D)
-            seq = torch.cat([seq[:, :1], self.pos_enc(seq[:, 1:], side)], dim=1)  # (G, 1+S*S, D)
-            if scores is not None:
-                attn = self.agg.cls_attention(seq)  # (G, S*S)
-                for g, b in enumerate(idx):
-                    scores[b, mask[b]] = _unsquare(attn[g], n_real[b])  # (n_b,)
-            seq = self.agg(seq)  # (G, 1+S*S, D)
-            outs.append(self.head(self.norm(seq[:, 0])))  # (G, C)
-            order.extend(idx)
-        logits = torch.cat(outs)[torch.argsort(torch.tensor(order, device=x.device))]  # (B, C)
-        return logits, scores
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x, mask = self._prepare(x, mask)  # (B, N, D), (B, N)
-        logits, _ = self._run(x, mask, with_scores=False)  # (B, C)
-        return logits  # (B, C)
-
-    def tile_scores(
-        self, x: Tensor, mask: Tensor | None = None, output_index: int | None = None
-    ) -> Tensor:
-        x, mask = self._prepare(x, mask)  # (B, N, D), (B, N)
-        _, scores = self._run(x, mask, with_scores=True)  # (B, N)
-        return scores  # (B, N)
+        return run_squared(x, mask, with_scores, self.cls_token, self.cor, self.pos_enc, self.agg,
+                           lambda cls: self.head(self.norm(cls)))
 
 
 def _reference_init(module: nn.Module) -> None:

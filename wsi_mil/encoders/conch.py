@@ -46,6 +46,12 @@ from wsi_mil.encoders.base import (
     finalize,
 )
 from wsi_mil.encoders.registry import register_encoder
+from wsi_mil.encoders.vision_language import (
+    TwoEmbeddingEncoder,
+    check_factory_options,
+    find_tokenizer,
+    joint_variant,
+)
 from wsi_mil.encoders.weights import (
     load_strict,
     read_arch_overrides,
@@ -54,12 +60,11 @@ from wsi_mil.encoders.weights import (
     strip_prefixes,
     unwrap_state_dict,
 )
-from wsi_mil.errors import ConfigError, WeightsNotFoundError
+from wsi_mil.errors import ConfigError
 
 HUB_ID = "MahmoodLab/conch"
 LICENSE = "CC-BY-NC-ND-4.0, gated (MahmoodLab/conch): academic non-commercial use"
 TOKENIZER_FILE = "conch_byte_level_bpe_uncased.json"
-EMBEDDINGS = ("mil", "joint")
 POOLER_HEADS = 8
 # conch_ViT-B-16.json (the multimodal decoder is not built)
 CONCH_CFG: dict[str, Any] = {
@@ -184,40 +189,20 @@ class ConchTokenizer:
         return F.pad(out["input_ids"], (0, 1), value=self.tok.pad_token_id)
 
 
-class ConchEncoder(Encoder):
-    has_text = True
-
-    def __init__(self, model: ConchModel, tokenizer_path: Path | None, embedding: str,
-                 **kw: Any) -> None:
-        super().__init__(**kw)
-        self.model = model
-        self.embedding = embedding
-        self.tokenizer_path = tokenizer_path
-        self._tokenizer: ConchTokenizer | None = None
+class ConchEncoder(TwoEmbeddingEncoder):
+    tokenizer_help = (f"CONCH's text side needs its tokenizer ({TOKENIZER_FILE}, shipped with the conch "
+                      "package): install conch, put the file beside the weights, or pass "
+                      f"create_encoder('conch', ..., tokenizer='/path/to/{TOKENIZER_FILE}')")
 
     @property
     def joint_dim(self) -> int:
         return self.model.visual.proj_contrast.shape[1]
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        if self.embedding == "joint":
-            return self.model.image_joint(images)
+    def mil_embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.visual.pooled(images)  # (B, 512)
 
-    def encode_image_joint(self, images: torch.Tensor) -> torch.Tensor:
-        with self.autocast(images.device):
-            return self.model.image_joint(images).float()
-
-    @property
-    def tokenizer(self) -> ConchTokenizer:
-        if self._tokenizer is None:
-            if self.tokenizer_path is None:
-                raise WeightsNotFoundError(
-                    f"CONCH's text side needs its tokenizer ({TOKENIZER_FILE}, shipped with the "
-                    "conch package): install conch, put the file beside the weights, or pass "
-                    f"create_encoder('conch', ..., tokenizer='/path/to/{TOKENIZER_FILE}')")
-            self._tokenizer = ConchTokenizer(self.tokenizer_path, self.model.text.context_length)
-        return self._tokenizer
+    def load_tokenizer(self, path: Path) -> ConchTokenizer:
+        return ConchTokenizer(path, self.model.text.context_length)
 
     @torch.inference_mode()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -249,20 +234,11 @@ def build_conch(arch: dict[str, Any] | None = None) -> ConchModel:
     return ConchModel(cfg)
 
 
-def _find_tokenizer(folder: Path, explicit: str | None) -> Path | None:
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"CONCH tokenizer {explicit!r} does not exist")
-        return path
-    if (folder / TOKENIZER_FILE).is_file():
-        return folder / TOKENIZER_FILE
+def _package_tokenizers() -> list[Path]:
+    """Where the conch package ships the tokenizer, if it is installed."""
     spec = importlib.util.find_spec("conch")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(root) / "open_clip_custom" / "tokenizers" / TOKENIZER_FILE
-        if candidate.is_file():
-            return candidate
-    return None
+    roots = (spec.submodule_search_locations or []) if spec else []
+    return [Path(r) / "open_clip_custom" / "tokenizers" / TOKENIZER_FILE for r in roots]
 
 
 @register_encoder("conch")
@@ -271,10 +247,7 @@ def create_conch(weights=None, device="cpu", precision=None, arch_overrides=None
                  name: str = "conch", **kw) -> Encoder:
     """CONCH (MahmoodLab/conch, CoCa ViT-B/16 at 448 px): ``embedding="mil"`` 512-d
     pre-projection token (default) or ``"joint"`` 512-d normalised; text side."""
-    if kw:
-        raise ConfigError(f"encoder {name!r} got unknown options {sorted(kw)}")
-    if embedding not in EMBEDDINGS:
-        raise ConfigError(f"conch embedding={embedding!r}; choose one of {EMBEDDINGS}")
+    check_factory_options(name, embedding, kw)
     resolved = resolve_weights("conch", weights, HUB_ID, ("pytorch_model.bin", "model.safetensors"),
                                ("meta.yaml", TOKENIZER_FILE))
     arch = read_arch_overrides(resolved, arch_overrides)
@@ -283,7 +256,8 @@ def create_conch(weights=None, device="cpu", precision=None, arch_overrides=None
                 resolved.source)
     size = int(model.visual.trunk.patch_embed.img_size[0])
     enc = ConchEncoder(
-        model, _find_tokenizer(resolved.folder, tokenizer), embedding, name=name,
+        model, find_tokenizer("CONCH", resolved.folder, tokenizer, (TOKENIZER_FILE,), _package_tokenizers()),
+        embedding, name=name,
         embed_dim=int(model.visual.proj_contrast.shape[1]),
         preprocessing=Preprocessing(input_size=size, resize="center_crop", interpolation="bicubic",
                                     mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
@@ -295,12 +269,4 @@ def create_conch(weights=None, device="cpu", precision=None, arch_overrides=None
     return finalize(enc, device)
 
 
-@register_encoder("conch_joint")
-def create_conch_joint(weights=None, device="cpu", precision=None, arch_overrides=None,
-                     tokenizer: str | None = None, **kw) -> Encoder:
-    """CONCH with its joint image-text embedding as the feature (``embedding="joint"``):
-    extract with it, then zero-shot / retrieval with the same name."""
-    if "embedding" in kw:
-        raise ConfigError("encoder 'conch_joint' has embedding='joint'; use 'conch' for the other")
-    return create_conch(weights, device, precision, arch_overrides, embedding="joint",
-                            tokenizer=tokenizer, name="conch_joint", **kw)
+create_conch_joint = register_encoder("conch_joint")(joint_variant("conch", create_conch))

@@ -40,6 +40,12 @@ from torch import nn
 
 from wsi_mil.encoders.base import Encoder, Preprocessing, finalize
 from wsi_mil.encoders.registry import register_encoder
+from wsi_mil.encoders.vision_language import (
+    TwoEmbeddingEncoder,
+    check_factory_options,
+    find_tokenizer,
+    joint_variant,
+)
 from wsi_mil.encoders.weights import (
     load_strict,
     read_arch_overrides,
@@ -48,7 +54,7 @@ from wsi_mil.encoders.weights import (
     strip_prefixes,
     unwrap_state_dict,
 )
-from wsi_mil.errors import ConfigError, WeightsNotFoundError
+from wsi_mil.errors import ConfigError
 
 HUB_ID = "xiangjx/musk"
 LICENSE = "CC-BY-NC-ND-4.0, gated (xiangjx/musk): academic non-commercial use"
@@ -61,7 +67,6 @@ MAX_TEXT_LEN = 100
 # encoder_ffn_embed_dim=4096, encoder_layers=24, max_source_positions=1024)
 LARGE = dict(img_size=384, patch_size=16, vocab_size=64010, embed_dim=1024, num_heads=16,
              ffn_dim=4096, depth=24, max_text_positions=1024, layernorm_eps=1e-5)
-EMBEDDINGS = ("mil", "joint")
 
 
 class Multiway(nn.Module):
@@ -246,42 +251,21 @@ class XLMRobertaSentencePiece:
         return torch.tensor(rows), torch.tensor(pads)
 
 
-class MuskEncoder(Encoder):
-    has_text = True
-
-    def __init__(self, model: MuskModel, tokenizer_path: Path | None, embedding: str,
-                 **kw: Any) -> None:
-        super().__init__(**kw)
-        self.model = model
-        self.embedding = embedding
-        self.tokenizer_path = tokenizer_path
-        self._tokenizer: XLMRobertaSentencePiece | None = None
+class MuskEncoder(TwoEmbeddingEncoder):
+    tokenizer_help = ("MUSK's text side needs its sentencepiece tokenizer (tokenizer.spm, in the MUSK "
+                      "repository's musk/models/): put it beside the weights or pass "
+                      "create_encoder('musk', ..., tokenizer='/path/to/tokenizer.spm')")
 
     @property
     def joint_dim(self) -> int:
         return self.model.vision_head.out_features
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        if self.embedding == "joint":
-            return self.model.image_joint(images)  # (B, D)
+    def mil_embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.multiscale_cls(images)  # (B, 2D)
 
-    def encode_image_joint(self, images: torch.Tensor) -> torch.Tensor:
-        with self.autocast(images.device):
-            return self.model.image_joint(images).float()  # (B, D), unit norm
-
-    @property
-    def tokenizer(self) -> XLMRobertaSentencePiece:
-        if self._tokenizer is None:
-            if self.tokenizer_path is None:
-                raise WeightsNotFoundError(
-                    "MUSK's text side needs its sentencepiece tokenizer (tokenizer.spm, in the MUSK "
-                    "repository's musk/models/): put it beside the weights or pass "
-                    "create_encoder('musk', ..., tokenizer='/path/to/tokenizer.spm')")
-            positions = self.model.beit3.encoder.embed_positions.B.num_embeddings
-            self._tokenizer = XLMRobertaSentencePiece(self.tokenizer_path,
-                                                      max_len=min(MAX_TEXT_LEN, positions - 2))
-        return self._tokenizer
+    def load_tokenizer(self, path: Path) -> XLMRobertaSentencePiece:
+        positions = self.model.beit3.encoder.embed_positions.B.num_embeddings
+        return XLMRobertaSentencePiece(path, max_len=min(MAX_TEXT_LEN, positions - 2))
 
     @torch.inference_mode()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -306,28 +290,13 @@ def build_musk(arch: dict[str, Any] | None = None) -> MuskModel:
     return MuskModel(cfg)
 
 
-def _find_tokenizer(folder: Path, explicit: str | None) -> Path | None:
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"MUSK tokenizer {explicit!r} does not exist")
-        return path
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 @register_encoder("musk")
 def create_musk(weights=None, device="cpu", precision=None, arch_overrides=None,
                 embedding: str = "mil", tokenizer: str | None = None,
                 name: str = "musk", **kw) -> Encoder:
     """MUSK (xiangjx/musk): ``embedding="mil"`` 2048-d multi-scale CLS (default) or
     ``"joint"`` 1024-d normalised image-text embedding; text side (XLM-R sentencepiece)."""
-    if kw:
-        raise ConfigError(f"encoder {name!r} got unknown options {sorted(kw)}")
-    if embedding not in EMBEDDINGS:
-        raise ConfigError(f"musk embedding={embedding!r}; choose one of {EMBEDDINGS}")
+    check_factory_options(name, embedding, kw)
     resolved = resolve_weights("musk", weights, HUB_ID, ("model.safetensors", "pytorch_model.bin"),
                                TOKENIZER_FILES)
     arch = read_arch_overrides(resolved, arch_overrides)
@@ -336,7 +305,7 @@ def create_musk(weights=None, device="cpu", precision=None, arch_overrides=None,
     dim = model.vision_head.out_features
     size = int(arch.get("img_size", LARGE["img_size"]))
     enc = MuskEncoder(
-        model, _find_tokenizer(resolved.folder, tokenizer), embedding, name=name,
+        model, find_tokenizer("MUSK", resolved.folder, tokenizer, TOKENIZER_FILES), embedding, name=name,
         embed_dim=2 * dim if embedding == "mil" else dim,
         preprocessing=Preprocessing(input_size=size, resize="center_crop", interpolation="bicubic",
                                     mean=INCEPTION_MEAN, std=INCEPTION_STD),
@@ -348,12 +317,4 @@ def create_musk(weights=None, device="cpu", precision=None, arch_overrides=None,
     return finalize(enc, device)
 
 
-@register_encoder("musk_joint")
-def create_musk_joint(weights=None, device="cpu", precision=None, arch_overrides=None,
-                    tokenizer: str | None = None, **kw) -> Encoder:
-    """MUSK with its joint image-text embedding as the feature (``embedding="joint"``):
-    extract with it, then zero-shot / retrieval with the same name."""
-    if "embedding" in kw:
-        raise ConfigError("encoder 'musk_joint' has embedding='joint'; use 'musk' for the other")
-    return create_musk(weights, device, precision, arch_overrides, embedding="joint",
-                           tokenizer=tokenizer, name="musk_joint", **kw)
+create_musk_joint = register_encoder("musk_joint")(joint_variant("musk", create_musk))

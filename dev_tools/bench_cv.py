@@ -21,15 +21,17 @@ Workloads (synthetic features with a planted signal, classification):
   hence the largest loop / batched ratio that matmul rate allows.
   ``--precision bf16`` runs both engines with the heads' matmuls in bfloat16
   (the floor then uses a bfloat16 ``torch.bmm``). ``--ablate`` instead runs
-  the batched small-bag CV five times in this process: as shipped, then
-  without each of the allocator setting (``reuse_freed_memory``), the fused
-  Adam kernel and the sigmoid-based tanh, then as shipped again (drift check).
+  the batched small-bag CV in this process as shipped, then without each of
+  the allocator setting (``reuse_freed_memory``), the fused Adam kernel, the
+  sigmoid-based tanh, the stacked weights' transposed layout (the previous
+  ``(M, out, in)`` parameters, sliced on every call) and, under bf16, the
+  one-time cast of each batch, then as shipped again (drift check).
 
     python dev_tools/bench_cv.py --models meanpool --epochs 50 --full
     python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3
     python dev_tools/bench_cv.py --small
     python dev_tools/bench_cv.py --small --precision bf16
-    python dev_tools/bench_cv.py --small --ablate
+    python dev_tools/bench_cv.py --small --ablate [--precision bf16]
     python dev_tools/bench_cv.py --small --device cuda --precision bf16   # + GPU busy %
 """
 from __future__ import annotations
@@ -225,19 +227,35 @@ def _ablate(cohort, store, plan, settings, work) -> None:
     import wsi_mil.cv.engine as engine
     import wsi_mil.models.layers as layers
     import wsi_mil.training.stacked as stacked
+    import wsi_mil.training.stacked_batches as stacked_batches
     from wsi_mil.cv.engine import run_cv
 
     @contextlib.contextmanager
     def no_allocator_setting():
         yield False
 
+    @contextlib.contextmanager
+    def sliced_models(self, lo, hi):  # the previous StackedHeads.models: a slice even for every model
+        for f in self._folded.values():
+            f.active = slice(lo, hi)
+        try:
+            yield
+        finally:
+            for f in self._folded.values():
+                f.active = slice(None)
+
     variants = [
         ("as shipped", []),
         ("without the allocator setting", [mock.patch.object(engine, "reuse_freed_memory", no_allocator_setting)]),
         ("without the fused Adam kernel", [mock.patch.object(stacked, "_has_fused_adam", lambda p: False)]),
         ("with torch.tanh", [mock.patch.object(layers.Tanh, "forward", lambda self, x: torch.tanh(x))]),
-        ("as shipped (again)", []),
+        ("with the previous weight layout", [mock.patch.object(stacked, "FoldedLinear", _RowMajorFoldedLinear),
+                                             mock.patch.object(stacked.StackedHeads, "models", sliced_models)]),
     ]
+    if settings.precision == "bf16":
+        variants.append(("without the one-time bf16 cast of a batch",
+                         [mock.patch.object(stacked_batches.StackedBatch, "input", lambda self, precision: self.x)]))
+    variants.append(("as shipped (again)", []))
     base = None
     for name, patches in variants:
         out = work / "small_ablate"
@@ -251,6 +269,31 @@ def _ablate(cohort, store, plan, settings, work) -> None:
         base = wall if base is None else base
         print(f"[small ablate] {name}: wall {wall:.1f} s ({wall / base:.2f}x the first run), "
               f"mean AUC {res.summary['mean']:.3f}", flush=True)
+
+
+class _RowMajorFoldedLinear(torch.nn.Module):
+    """The stacked Linear before the transposed layout (for ``--ablate``): ``weight (M, out, in)``,
+    indexed by the active slice on every call; the batched matmul's weight gradient comes out
+    transposed and is copied (by the slice's backward, or autograd) into the parameter's layout."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight)
+        self.bias = None if bias is None else torch.nn.Parameter(bias)
+        self.active = slice(None)
+
+    def forward(self, x):
+        weight = self.weight[self.active]  # (M', out, in)
+        m, lead = weight.shape[0], x.shape[:-1]
+        if m == 1:
+            bias = None if self.bias is None else self.bias[self.active][0]
+            return torch.nn.functional.linear(x, weight[0], bias)
+        xm = x.reshape(m, -1, x.shape[-1])
+        if self.bias is None:
+            out = torch.bmm(xm, weight.transpose(1, 2))
+        else:
+            out = torch.baddbmm(self.bias[self.active].unsqueeze(1), xm, weight.transpose(1, 2))
+        return out.reshape(*lead, weight.shape[1])
 
 
 def _replace(settings, **kw):

@@ -15,7 +15,9 @@ Workloads (synthetic features with a planted signal, classification):
   1.3 x feature bytes + 1 GB. ``--full`` also runs the whole nested CV
   end to end with the batched engine.
 - ``--small`` (issue 10): 100 bags x 5-50 instances x 128-d, ABMIL at the
-  defaults (50 epochs): the whole nested CV end to end with each engine, and
+  defaults (50 epochs): the whole nested CV end to end with each engine (the
+  loop with ``n_jobs=1``, its default, and with one single-threaded worker
+  process per core, its best setting for small fits), and
   the batched run's arithmetic floor: its head FLOPs (counted on a second run)
   over the rate of a plain ``torch.bmm`` of the stacked first layer's shapes,
   hence the largest loop / batched ratio that matmul rate allows.
@@ -28,7 +30,7 @@ Workloads (synthetic features with a planted signal, classification):
   one-time cast of each batch, then as shipped again (drift check).
 
     python dev_tools/bench_cv.py --models meanpool --epochs 50 --full
-    python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3
+    python dev_tools/bench_cv.py --models abmil chowder dsmil --epochs 3 [--loop-jobs 2]
     python dev_tools/bench_cv.py --small
     python dev_tools/bench_cv.py --small --precision bf16
     python dev_tools/bench_cv.py --small --ablate [--precision bf16]
@@ -313,6 +315,8 @@ def main() -> None:
     ap.add_argument("--inner", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="also the whole nested CV, batched engine, end to end")
     ap.add_argument("--no-loop", action="store_true", help="skip the loop engine (no ratio)")
+    ap.add_argument("--loop-jobs", type=int, default=1,
+                    help="n_jobs of the loop on the 768-d workload (--small runs 1 and one per core)")
     ap.add_argument("--small", action="store_true", help="100 bags x 5-50 x 128-d, ABMIL, whole CV, both engines")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="the heads' precision in both engines (bf16: autocast matmuls)")
@@ -367,24 +371,31 @@ def main() -> None:
             _ablate(cohort, store, plan, settings, work)
             continue
         if args.small:
-            for engine in ("batched", "loop"):
-                if engine == "loop" and args.no_loop:
-                    continue
+            # the loop as shipped (n_jobs=1: one process, all cores' threads) and at its best here
+            # (one single-threaded worker process per core): small fits do not use 2 threads well
+            runs = [("batched", 1)] + ([] if args.no_loop else [("loop", 1)] + (
+                [("loop", available_cores())] if available_cores() > 1 else []))
+            loops = {}
+            for engine, n_jobs in runs:
                 out = work / f"small_{engine}"
                 shutil.rmtree(out, ignore_errors=True)
                 gpu = args.device == "cuda" and engine == "batched"
                 t = time.perf_counter()
                 with GpuBusy() if gpu else contextlib.nullcontext() as busy:
-                    res = run_cv(cohort, store, plan, _replace(settings, engine=engine), out)
+                    res = run_cv(cohort, store, plan, _replace(settings, engine=engine, n_jobs=n_jobs), out)
                 wall = time.perf_counter() - t
-                print(f"[small {model} {engine} {args.precision}] whole nested {args.outer}x{args.inner}, {args.epochs} epochs: "
+                print(f"[small {model} {engine} {args.precision}"
+                      + (f" n_jobs={n_jobs}" if engine == "loop" else "")
+                      + f"] whole nested {args.outer}x{args.inner}, {args.epochs} epochs: "
                       f"wall {wall:.1f} s, mean AUC {res.summary['mean']:.3f}"
-                      + (f", GPU busy {busy.mean:.0f}% (target >= 90%)" if busy is not None else ""))
+                      + (f", GPU busy {busy.mean:.0f}% (target >= 90%)" if busy is not None else ""), flush=True)
                 if engine == "batched":
                     t_b = wall
                     floor = _small_floor(cohort, store, plan, settings, work, args, t_b) if args.device == "cpu" else None
-            if not args.no_loop:
-                print(f"[small {model}] loop / batched = {wall / t_b:.1f}x"
+                else:
+                    loops[n_jobs] = wall
+            for n_jobs, wall in loops.items():
+                print(f"[small {model}] loop (n_jobs={n_jobs}) / batched = {wall / t_b:.1f}x"
                       + (f"; at most {wall / floor:.1f}x at the arithmetic floor above" if floor else ""))
             continue
         root = work / f"run_{model}"
@@ -419,11 +430,13 @@ def main() -> None:
               f"target {(1.3 * feat + 2**30) / 2**20:.0f} MiB -> "
               f"{'OK' if mem.peak_pss <= 1.3 * feat + 2**30 else 'OVER'})")
         if not args.no_loop:
-            loop_run = _make_run(cohort, store, plan, _replace(settings, engine="loop"), root / "loop")
+            loop_run = _make_run(cohort, store, plan, _replace(settings, engine="loop", n_jobs=args.loop_jobs),
+                                 root / "loop")
             t_l = _one_fold(loop_run, _run_loop)
             lj = json.loads((root / "loop" / "folds" / "r0_f0.json").read_text())
             same = lj["row"]["epochs"] == fold_json["row"]["epochs"] and lj["row"]["lr"] == fold_json["row"]["lr"]
-            print(f"[{model}]   loop {t_l:.1f} s on the same fold -> loop / batched = {t_l / t_b:.1f}x; "
+            print(f"[{model}]   loop (n_jobs={args.loop_jobs}) {t_l:.1f} s on the same fold -> loop / batched = "
+                  f"{t_l / t_b:.1f}x; "
                   f"same selection: {same}; test AUC batched {fold_json['row']['auc']:.4f}, "
                   f"loop {lj['row']['auc']:.4f}")
         if args.full:

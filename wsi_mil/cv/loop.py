@@ -4,10 +4,12 @@ for heads that cannot be stacked. See :mod:`wsi_mil.cv.engine`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -68,17 +70,30 @@ def _refit_task(store: BagStore, targets: Targets, train: np.ndarray, test: np.n
     return out
 
 
+@contextlib.contextmanager
+def worker_store(run: CVRun, n_jobs: int) -> Iterator[BagStore]:
+    """The store to send to ``n_jobs`` worker processes: memory-mapped from a cache file in the run
+    folder (each worker maps it instead of receiving a copy; removed on exit) when there are
+    several loky workers and the store is in memory, else the store itself."""
+    store, cache = run.store, None
+    if n_jobs > 1 and run.settings.backend == "loky" and store.memmap_path is None:
+        cache = run.run_dir / ".features_cache.npy"
+        store = store.to_memmap(cache)
+    if run.settings.standardize:
+        store.slide_moments()  # once here, sent to the workers with the store (not recomputed per fit)
+    try:
+        yield store
+    finally:
+        if cache is not None:
+            del store
+            cache.unlink(missing_ok=True)
+
+
 def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
     s = run.settings
     n_jobs = max(1, int(s.n_jobs))
     n_threads = max(1, available_cores() // n_jobs)
-    store, cache = run.store, None
-    if n_jobs > 1 and s.backend == "loky" and store.memmap_path is None:
-        cache = run.run_dir / ".features_cache.npy"
-        store = store.to_memmap(cache)
-    if s.standardize:
-        store.slide_moments()  # once here, sent to the workers with the store (not recomputed per fit)
-    try:
+    with worker_store(run, n_jobs) as store:
         parallel = Parallel(n_jobs=n_jobs, backend=s.backend)
         inner: dict[tuple[int, int], np.ndarray] = {}
         if s.mode == "nested":
@@ -111,7 +126,4 @@ def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
         for (r, k), out in zip(pending, Parallel(n_jobs=n_jobs, backend=s.backend, return_as="generator")(jobs),
                                strict=True):
             _write(run, r, k, selections[(r, k)], out)
-    finally:
-        if cache is not None:
-            del store
-            cache.unlink(missing_ok=True)
+

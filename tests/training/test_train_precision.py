@@ -120,8 +120,14 @@ def test_bf16_input_cast_once_equals_autocast_cast(model, packed):
     else:
         mask = torch.arange(6) < torch.from_numpy(sizes)[..., None]  # (S, B, N)
         batch = StackedBatch(torch.randn(streams, bags, 6, dim) * mask[..., None], mask=mask)
+    seen = []  # the dtype of what each stacked Linear receives
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+             for m in stacked.modules() if type(m).__name__ == "FoldedLinear"]
     with trusted_inputs():
         out = run_models(stacked, batch, (0, rows), (0, streams), streams, "bf16")
+        assert seen and set(seen) == {torch.bfloat16}  # the first layers too: the batch came cast
+        for h in hooks:
+            h.remove()
         assert batch.input("bf16").dtype == torch.bfloat16 and batch.input("fp32") is batch.x
         with train_autocast("bf16", "cpu"):  # the float32 batch, cast by autocast in each first layer
             if batch.sizes is None:

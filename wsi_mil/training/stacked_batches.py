@@ -115,8 +115,9 @@ def run_models(stacked: StackedHeads, batch: StackedBatch, rows: tuple[int, int]
     (g0, g1), (s0, s1) = rows, streams
     g = g1 - g0
     with stacked.models(g0 * n_streams + s0, (g1 - 1) * n_streams + s1), train_autocast(precision, batch.x.device):
+        x = batch.input(precision)  # cast once for all rows (and all calls on this batch)
         if batch.sizes is None:
-            out = stacked(fold_rows(batch.x, g), fold_rows(batch.mask, g))  # (g * S' * B, C)
+            out = stacked(fold_rows(x, g), fold_rows(batch.mask, g))  # (g * S' * B, C)
         else:
-            out = stacked.forward_packed(repeat_rows(batch.x, g), batch.packing(g))  # (g * S' * B, C)
+            out = stacked.forward_packed(repeat_rows(x, g), batch.packing(g))  # (g * S' * B, C)
     return out.view(g, s1 - s0, batch.width, -1)

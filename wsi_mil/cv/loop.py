@@ -126,4 +126,3 @@ def _run_loop(run: CVRun, pending: list[tuple[int, int]]) -> None:
         for (r, k), out in zip(pending, Parallel(n_jobs=n_jobs, backend=s.backend, return_as="generator")(jobs),
                                strict=True):
             _write(run, r, k, selections[(r, k)], out)
-
